@@ -1,0 +1,30 @@
+"""Config keys added by tde_det. Every key has a default and a one-line comment."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_tde_config(cfg):
+    """Add the ``MODEL.TDE`` and tde_det evaluation keys to a Detectron2 config in place."""
+    cfg.MODEL.TDE = CN()
+    # K: number of heads the feature and each class weight are split into (D % K == 0).
+    cfg.MODEL.TDE.NUM_HEADS = 2
+    # tau: scale of the cosine logits.
+    cfg.MODEL.TDE.SCALE = 16.0
+    # gamma: added to each class-weight norm, ||w|| + gamma.
+    cfg.MODEL.TDE.GAMMA = 1.0 / 32.0
+    # mu: momentum of the moving-average feature over foreground regions.
+    cfg.MODEL.TDE.MOMENTUM = 0.9
+    # alpha: strength of the counterfactual subtraction; used only at test time.
+    cfg.MODEL.TDE.ALPHA = 1.5
+    # Test-time logits: "tde" (De-confound-TDE) or "plain" (cosine logits, De-confound only).
+    cfg.MODEL.TDE.INFERENCE = "tde"
+    # Background exemption: bg score from the plain softmax, fg rescaled to sum to 1 - p_bg.
+    cfg.MODEL.TDE.BACKGROUND_EXEMPT = True
+    # All-reduce the foreground batch mean across processes before the moving-average update.
+    cfg.MODEL.TDE.SYNC_MEAN = True
+
+    cfg.TEST.LVIS_EVAL = CN()
+    # LVIS evaluation backend: "fast" (tde_det's vectorised evaluator) or "lvis-api" (LVISEval).
+    cfg.TEST.LVIS_EVAL.BACKEND = "fast"
+    # Also report Fixed AP (Dave et al. 2021): no per-image cap, <= 10,000 detections per class.
+    cfg.TEST.LVIS_EVAL.FIXED_AP = False
