@@ -23,6 +23,9 @@ def add_tde_config(cfg):
     # All-reduce the foreground batch mean across processes before the moving-average update.
     cfg.MODEL.TDE.SYNC_MEAN = True
 
+    # With TDE heads and INFERENCE "tde": also evaluate the same weights with "plain" (one table).
+    cfg.TEST.TDE_EVAL_PLAIN = False
+
     cfg.TEST.LVIS_EVAL = CN()
     # LVIS evaluation backend: "fast" (tde_det's vectorised evaluator) or "lvis-api" (LVISEval).
     cfg.TEST.LVIS_EVAL.BACKEND = "fast"

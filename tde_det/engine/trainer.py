@@ -1,0 +1,185 @@
+"""``Trainer``: Detectron2's ``DefaultTrainer`` with LVIS evaluation and the checks of this project.
+
+What it adds to ``DefaultTrainer``:
+
+- datasets are prepared before use: the demo set is generated on first use; a missing LVIS json or
+  image folder is an error naming the path (:func:`tde_det.data.prepare_dataset`);
+- ``MODEL.ROI_HEADS.NUM_CLASSES`` must equal the datasets' class count (:func:`check_config`);
+- LVIS evaluation with tde_det's fast evaluator when available, else Detectron2's ``LVISEvaluator``,
+  ``TEST.DETECTIONS_PER_IMAGE`` (300 for LVIS) detections per image;
+- ``test()`` evaluates every variant listed by :func:`inference_variants` -- with TDE heads and
+  ``TEST.TDE_EVAL_PLAIN``, the same weights with ``MODEL.TDE.INFERENCE plain`` and then ``tde`` --
+  prints one LVIS-style table (AP, AP50, AP75, APr, APc, APf and box AP) and records it in
+  ``OUTPUT_DIR/lvis_results.json``;
+- checkpoints are written atomically (:mod:`tde_det.engine.checkpoint`).
+"""
+
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator, LVISEvaluator
+from detectron2.modeling import ROI_HEADS_REGISTRY, build_model
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..data import prepare_dataset
+from .checkpoint import make_atomic
+from .results import format_table, update_results_json
+
+__all__ = ["Trainer", "check_config", "inference_variants", "is_tde_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_tde_model(cfg):
+    """True if ``MODEL.ROI_HEADS.NAME`` is one of tde_det's TDE ROI heads (or a subclass)."""
+    try:
+        from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
+    except ImportError:
+        return False
+    heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    return isinstance(heads, type) and issubclass(heads, (TDEStandardROIHeads, TDECascadeROIHeads))
+
+
+def inference_variants(cfg):
+    """The (key, row label, cfg) triples that ``Trainer.test`` evaluates, in display order.
+
+    A softmax model gives one row. A TDE model gives its ``MODEL.TDE.INFERENCE`` row, preceded by a
+    ``plain`` row (same weights, De-confound only) when INFERENCE is ``tde`` and
+    ``TEST.TDE_EVAL_PLAIN`` is set.
+    """
+    if not is_tde_model(cfg):
+        return [("softmax", "softmax (baseline)", cfg)]
+    tde = cfg.MODEL.TDE
+    tde_row = (f"tde_alpha{tde.ALPHA:g}", f"De-confound-TDE (alpha={tde.ALPHA:g})", cfg)
+    if tde.INFERENCE != "tde":
+        return [(tde.INFERENCE, f"De-confound ({tde.INFERENCE})", cfg)]
+    if not cfg.TEST.get("TDE_EVAL_PLAIN", False):
+        return [tde_row]
+    plain = cfg.clone()
+    plain.defrost()
+    plain.MODEL.TDE.INFERENCE = "plain"
+    plain.freeze()
+    return [("plain", "De-confound (plain)", plain), tde_row]
+
+
+def check_config(cfg, dataset_names=None):
+    """Errors for settings that would otherwise fail late or silently.
+
+    - ``MODEL.ROI_HEADS.NUM_CLASSES`` must equal ``len(thing_classes)`` of every dataset in
+      `dataset_names` (default: ``DATASETS.TRAIN + DATASETS.TEST``) that declares its classes;
+    - ``MODEL.DEVICE`` "cuda" needs CUDA.
+    """
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if dataset_names is None else dataset_names
+    for name in names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset {name!r} has "
+                f"{len(classes)} classes. Set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (in the config or "
+                "as a trailing KEY VALUE override)."
+            )
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available on this machine. "
+            "Add the override MODEL.DEVICE cpu to run on the CPU."
+        )
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` for LVIS-format data with the De-confound-TDE heads (see module docstring)."""
+
+    def __init__(self, cfg):
+        check_config(cfg)
+        super().__init__(cfg)
+        make_atomic(self.checkpointer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        for name in cfg.DATASETS.TRAIN:
+            prepare_dataset(name)
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        prepare_dataset(dataset_name)
+        return super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """LVIS evaluator for ``evaluator_type == "lvis"`` datasets, COCO's for "coco" ones.
+
+        Predictions go to ``OUTPUT_DIR/inference/<variant>/`` so that the variants do not
+        overwrite each other's files.
+        """
+        prepare_dataset(dataset_name)
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", inference_variants(cfg)[-1][0])
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+        if evaluator_type == "lvis":
+            try:
+                from ..evaluation import build_lvis_evaluator
+            except ImportError:
+                return LVISEvaluator(dataset_name, output_dir=output_folder,
+                                     max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+            return build_lvis_evaluator(cfg, dataset_name, output_folder)
+        if evaluator_type == "coco":
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        raise NotImplementedError(
+            f"No evaluator for dataset {dataset_name!r} (evaluator_type={evaluator_type!r}); tde_det evaluates "
+            "LVIS-format ('lvis') and COCO-format ('coco') datasets."
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate every variant of :func:`inference_variants` on ``DATASETS.TEST``.
+
+        Each variant other than `cfg`'s own gets a fresh model built from its config, holding
+        `model`'s weights and buffers (incl. the TDE mean feature). Returns Detectron2's usual
+        results dict for one variant, ``{variant key: results}`` for several.
+        """
+        variants = inference_variants(cfg)
+        source = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        all_results = OrderedDict()
+        for key, label, cfg_v in variants:
+            if cfg_v is cfg:
+                model_v = model
+            else:
+                model_v = build_model(cfg_v)
+                model_v.load_state_dict(source.state_dict())
+            logger.info("Evaluating %s ...", label)
+            results = super().test(cfg_v, model_v, evaluators)
+            if len(cfg.DATASETS.TEST) == 1:
+                results = OrderedDict([(cfg.DATASETS.TEST[0], results)])
+            all_results[key] = results
+        if comm.is_main_process():
+            cls._report(cfg, variants, all_results)
+        if len(variants) == 1:
+            results = all_results[variants[0][0]]
+            return results if len(results) != 1 else next(iter(results.values()))
+        return all_results
+
+    @staticmethod
+    def _report(cfg, variants, all_results):
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # not inside training (--eval-only)
+            iteration = None
+        for dataset_name in cfg.DATASETS.TEST:
+            rows = [(label, all_results[key].get(dataset_name) or {}) for key, label, _ in variants]
+            logger.info("\n" + format_table(dataset_name, rows))
+            for key, label, cfg_v in variants:
+                record = {
+                    "label": label,
+                    "results": all_results[key].get(dataset_name) or {},
+                    "weights": cfg.MODEL.WEIGHTS if iteration is None else None,
+                    "iteration": iteration,
+                }
+                if is_tde_model(cfg_v):
+                    record["tde"] = {k: cfg_v.MODEL.TDE[k] for k in ("INFERENCE", "ALPHA", "BACKGROUND_EXEMPT")}
+                path = update_results_json(cfg.OUTPUT_DIR, dataset_name, key, record)
+            logger.info("Results written to %s", path)

@@ -1,0 +1,26 @@
+"""De-confound-TDE modeling: the classifier math, the box predictor and the ROI heads.
+
+Importing this package registers ``TDEStandardROIHeads`` and ``TDECascadeROIHeads`` in
+Detectron2's ``ROI_HEADS_REGISTRY`` and the demo backbone (``backbone.py``) in ``BACKBONE_REGISTRY``.
+"""
+
+from . import backbone  # noqa: F401  (registration)
+from .box_predictor import TDEFastRCNNOutputLayers, TDEPredictions
+from .cosine_classifier import (
+    MultiHeadCosineClassifier,
+    background_exempt_probs,
+    plain_probs,
+    tde_probs,
+)
+from .roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
+
+__all__ = [
+    "MultiHeadCosineClassifier",
+    "TDECascadeROIHeads",
+    "TDEFastRCNNOutputLayers",
+    "TDEPredictions",
+    "TDEStandardROIHeads",
+    "background_exempt_probs",
+    "plain_probs",
+    "tde_probs",
+]

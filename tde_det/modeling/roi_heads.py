@@ -1,0 +1,63 @@
+"""ROI heads using :class:`TDEFastRCNNOutputLayers`, registered in ``ROI_HEADS_REGISTRY``.
+
+Switching a model to De-confound-TDE is ``add_tde_config(cfg)`` plus
+``MODEL.ROI_HEADS.NAME: TDEStandardROIHeads`` (or ``TDECascadeROIHeads``). Everything
+else (sampling, pooling, box/mask heads, cascade score averaging §5) is Detectron2's;
+only the box predictors are replaced. Each cascade stage has its own classifier and x̄.
+"""
+
+from detectron2.config import configurable
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
+
+from .box_predictor import TDEFastRCNNOutputLayers
+
+__all__ = ["TDEStandardROIHeads", "TDECascadeROIHeads"]
+
+
+def _check_predictors(heads_cls, predictors):
+    for p in predictors:
+        if not isinstance(p, TDEFastRCNNOutputLayers):
+            raise TypeError(
+                f"{heads_cls.__name__} needs TDEFastRCNNOutputLayers box predictors, got "
+                f"{type(p).__name__}. In a LazyConfig, set the predictor's _target_ to "
+                "tde_det.modeling.TDEFastRCNNOutputLayers."
+            )
+
+
+@ROI_HEADS_REGISTRY.register()
+class TDEStandardROIHeads(StandardROIHeads):
+    """``StandardROIHeads`` (Faster / Mask R-CNN) with a :class:`TDEFastRCNNOutputLayers`."""
+
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _check_predictors(type(self), [self.box_predictor])
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = TDEFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class TDECascadeROIHeads(CascadeROIHeads):
+    """``CascadeROIHeads`` with one :class:`TDEFastRCNNOutputLayers` (own classifier, own x̄) per stage.
+
+    Test scores are Detectron2's mean over stages of each stage's ``predict_probs``.
+    """
+
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        _check_predictors(type(self), self.box_predictor)
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        # Keep each stage's box2box_transform (its cascade regression weights).
+        ret["box_predictors"] = [
+            TDEFastRCNNOutputLayers(cfg, head.output_shape, box2box_transform=pred.box2box_transform)
+            for head, pred in zip(ret["box_heads"], ret["box_predictors"])
+        ]
+        return ret

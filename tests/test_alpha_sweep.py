@@ -1,0 +1,343 @@
+"""The one-pass α sweep (tde_det.evaluation.alpha_sweep), its heuristic, the pictures and the tools.
+
+Tiny random-weight Mask R-CNNs (Standard and Cascade TDE heads, a random mean feature) on a few
+small generated images; nothing is timed here (see benchmarks/bench_alpha_sweep.py).
+"""
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.modeling import build_model
+from matplotlib.image import imread
+
+import tde_det.modeling  # noqa: F401  (registers the TDE ROI heads)
+import tde_det.modeling.backbone  # noqa: F401  (registers the demo backbone)
+from tde_det import add_tde_config
+from tde_det.evaluation.alpha_sweep import (
+    AlphaSweep,
+    best_per_metric,
+    check_alphas,
+    format_sweep_table,
+    inference_on_dataset_alphas,
+    metric_rows,
+)
+from tde_det.evaluation.figures import lvis_category_stats, plot_alpha_curves, plot_prediction_distribution
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 6
+ALPHAS = [0.0, 0.5, 1.5, 3.0]
+TINY = [
+    "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES, "MODEL.RPN.POST_NMS_TOPK_TEST", 48,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 32, "MODEL.ROI_MASK_HEAD.CONV_DIM", 8, "MODEL.ROI_MASK_HEAD.NUM_CONV", 1,
+    "MODEL.FPN.OUT_CHANNELS", 16, "TEST.DETECTIONS_PER_IMAGE", 20, "MODEL.DEVICE", "cpu",
+]  # fmt: skip
+HEADS = {
+    "standard": ["MODEL.ROI_HEADS.NAME", "TDEStandardROIHeads"],
+    "cascade": ["MODEL.ROI_HEADS.NAME", "TDECascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True],
+}
+
+
+def tiny_cfg(heads, *opts):
+    cfg = get_cfg()
+    add_tde_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "demo", "Base-demo.yaml"))
+    cfg.merge_from_list(TINY + HEADS[heads] + list(opts))
+    return cfg
+
+
+def set_means(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for name, buf in model.named_buffers():
+        if name.endswith("mean_feature"):
+            buf.copy_(torch.randn(buf.shape, generator=gen) + 0.5)
+
+
+@pytest.fixture(scope="module", params=["standard", "cascade"])
+def tiny(request):
+    """(heads, trained-looking random model in eval mode, its state dict)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(request.param)).eval()
+    set_means(model, 1)
+    return request.param, model, model.state_dict()
+
+
+def make_batches(num_batches=2, per_batch=2, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for b in range(num_batches):
+        batch = []
+        for i in range(per_batch):
+            h, w = 56 + 8 * i, 72 + 8 * b
+            image = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8)
+            batch.append({"image": image, "height": 2 * h, "width": 2 * w, "image_id": len(batches) * 10 + i})
+        batches.append(batch)
+    return batches
+
+
+class Recorder(DatasetEvaluator):
+    """Keeps every output (what a real evaluator would score)."""
+
+    def reset(self):
+        self.outputs = []
+
+    def process(self, inputs, outputs):
+        self.outputs.extend(o["instances"] for o in outputs)
+
+    def evaluate(self):
+        return {"bbox": {"AP": float(sum(len(i) for i in self.outputs))}}
+
+
+def assert_same_detections(a, b):
+    assert len(a) == len(b) and a.image_size == b.image_size
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    assert torch.equal(a.scores, b.scores)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+# ------------------------------------------------------------------- detections
+def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
+    heads, model, state = tiny
+    batches = make_batches()
+    recorders = {}
+
+    def make(name):
+        recorders[name] = Recorder()
+        return recorders[name]
+
+    result = inference_on_dataset_alphas(model, batches, ALPHAS, make)
+    assert list(result.results) == ["plain", "alpha=0", "alpha=0.5", "alpha=1.5", "alpha=3"]
+    assert set(recorders) == {"plain", "alpha=0.5", "alpha=1.5", "alpha=3"}  # alpha 0 shares plain's
+
+    def reference(*opts):
+        ref = build_model(tiny_cfg(heads, *opts)).eval()
+        ref.load_state_dict(state)
+        with torch.no_grad():
+            return [o["instances"] for batch in batches for o in ref(batch)]
+
+    for name, opts in [("plain", ("MODEL.TDE.INFERENCE", "plain"))] + [
+        (f"alpha={a:g}", ("MODEL.TDE.ALPHA", a)) for a in ALPHAS if a
+    ]:
+        expected = reference(*opts)
+        got = recorders[name].outputs
+        assert len(got) == len(expected) == 4
+        for g, e in zip(got, expected):
+            assert_same_detections(g, e)
+    # α = 0 in "tde" mode is the plain model too.
+    for g, e in zip(recorders["plain"].outputs, reference("MODEL.TDE.ALPHA", 0.0)):
+        assert_same_detections(g, e)
+    # ...and the α really matter here (else the comparison above would be vacuous).
+    plain, strong = recorders["plain"].outputs, recorders["alpha=3"].outputs
+    assert any(not torch.equal(p.scores, s.scores) or not torch.equal(p.pred_classes, s.pred_classes)
+               for p, s in zip(plain, strong))
+    assert all(len(i) > 0 for i in strong)
+    # The mask head ran on the union of all α's detections, fewer than their sum (shared rows).
+    stats = result.stats
+    assert 0 < stats.num_union_detections < stats.num_detections
+
+    # Pasting each α's masks separately (paste budget 0) gives the same, and outputs() can be re-read.
+    separate = AlphaSweep(model, ALPHAS, paste_budget=0)
+    with torch.no_grad():
+        sweeps = [separate(batch) for batch in batches]
+    for name, a in [("plain", None), ("alpha=0.5", 0.5), ("alpha=3", 3.0)]:
+        for again in range(2):
+            got = [o["instances"] for s in sweeps for o in s.outputs(a)]
+            for g, e in zip(got, recorders[name].outputs):
+                assert_same_detections(g, e)
+
+
+def test_top1_counts_follow_the_scores(tiny):
+    _, model, _ = tiny
+    sweep = AlphaSweep(model, [1.5])
+    with torch.no_grad():
+        for batch in make_batches(1):
+            sweep(batch)
+    top1 = sweep.stats.top1
+    assert top1.shape == (2, NUM_CLASSES)
+    assert int(top1[0].sum()) == int(top1[1].sum()) == sweep.stats.num_fg_regions > 0
+    assert sweep.stats.top1_counts(None) == top1[0].tolist()
+
+
+# ------------------------------------------------------------------- heuristic
+def hand_mean_cos(predictor, features):
+    """mean over regions and heads of cos(x^k, x̄^k), written out with loops."""
+    k_heads = predictor.cls_score.num_heads
+    mean = predictor.cls_score.mean_feature
+    d = features.shape[1] // k_heads
+    total, n = 0.0, 0
+    for x in features:
+        for k in range(k_heads):
+            xk, mk = x[k * d : (k + 1) * d].double(), mean[k * d : (k + 1) * d].double()
+            total += float(xk @ mk / (xk.norm() * mk.norm()))
+            n += 1
+    return total / n
+
+
+def test_heuristic_alpha_comes_from_the_measured_cos(tiny):
+    _, model, state = tiny
+    try:
+        for seed in (1, 7):
+            set_means(model, seed)
+            predictors = list(model.roi_heads.box_predictor) if hasattr(model.roi_heads, "num_cascade_stages") else [
+                model.roi_heads.box_predictor
+            ]
+            captured = {i: [] for i in range(len(predictors))}
+            hooks = [
+                p.register_forward_hook(lambda m, inp, out, i=i: captured[i].append(out.features))
+                for i, p in enumerate(predictors)
+            ]
+            try:
+                result = inference_on_dataset_alphas(model, make_batches(), [1.0])
+            finally:
+                for h in hooks:
+                    h.remove()
+            expected = [hand_mean_cos(p, torch.cat(captured[i])) for i, p in enumerate(predictors)]
+            assert result.stats.mean_cos_per_stage == pytest.approx(expected, abs=1e-6)
+            mean = sum(expected) / len(expected)
+            assert result.mean_cos == pytest.approx(mean, abs=1e-6)
+            assert result.heuristic_alpha == pytest.approx(1.0 / mean, rel=1e-5)
+            assert result.stats.num_regions == len(torch.cat(captured[0]))
+            if seed == 1:
+                first = result.heuristic_alpha
+        assert result.heuristic_alpha != pytest.approx(first, rel=1e-3)
+    finally:
+        model.load_state_dict(state)
+
+
+# ------------------------------------------------------------------- bad input
+def test_bad_alphas_and_models_get_clear_errors():
+    assert check_alphas([0, "1.5", 2]) == [0.0, 1.5, 2.0]
+    for bad, words in [([], "at least one"), ([1, -0.5], ">= 0"), ([1, 1.0], "twice"), (["x"], "numbers"),
+                       ([float("nan")], "finite")]:  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            check_alphas(bad)
+    softmax = build_model(tiny_cfg("standard", "MODEL.ROI_HEADS.NAME", "StandardROIHeads")).eval()
+    with pytest.raises(TypeError, match="TDEStandardROIHeads or TDECascadeROIHeads"):
+        AlphaSweep(softmax, [1.0])
+    untrained = build_model(tiny_cfg("standard")).eval()
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS"):
+        AlphaSweep(untrained, [1.0])
+
+
+# ------------------------------------------------------------------- table and pictures
+RESULTS = {
+    "plain": {"segm": {"AP": 20.0, "AP50": 30.0, "APr": 5.0, "APc": 18.0, "APf": 30.0}, "bbox": {"AP": 22.0}},
+    "alpha=1": {"segm": {"AP": 22.0, "AP50": 31.0, "APr": 9.0, "APc": 21.0, "APf": 29.0}, "bbox": {"AP": 24.0}},
+    "alpha=2": {"segm": {"AP": 21.0, "AP50": 32.0, "APr": 12.0, "APc": 20.0, "APf": -1}, "bbox": {"AP": 23.0}},
+}
+
+
+def test_rows_table_and_best_alpha():
+    rows = metric_rows(RESULTS, [1.0, 2.0])
+    assert [r["alpha"] for r in rows] == [None, 1.0, 2.0]
+    assert rows[2]["APf"] is None  # LVIS's -1: no category of the group
+    best = best_per_metric(rows)
+    assert best["AP"]["setting"] == "alpha=1" and best["APr"]["alpha"] == 2.0 and best["APf"]["setting"] == "plain"
+    assert best["APbox"]["value"] == 24.0
+    table = format_sweep_table(rows, 0.5, 2.0)
+    assert "| alpha=1 | **22.0** |" in table and "alpha = 2.000" in table
+
+
+def assert_png(path):
+    assert os.path.getsize(path) > 1000
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0.01
+
+
+def test_pictures_are_written(tmp_path):
+    rows = metric_rows(RESULTS, [1.0, 2.0])
+    assert_png(plot_alpha_curves(rows, str(tmp_path / "a" / "curves.png"), heuristic_alpha=1.4))
+    counts = {"plain": [50, 30, 10, 5, 0, 0], "TDE": [30, 25, 15, 10, 5, 5], "ground truth": [9, 7, 4, 3, 1, 1]}
+    assert_png(plot_prediction_distribution([100, 60, 40, 20, 3, 1], counts, str(tmp_path / "dist.png"),
+                                            frequency=["f", "c", "c", "c", "r", "r"], class_names=list("abcdef")))
+    with pytest.raises(ValueError, match="has 2 counts"):
+        plot_prediction_distribution([1, 2, 3], {"x": [1, 2]}, str(tmp_path / "bad.png"))
+
+
+# ------------------------------------------------------------------- the tools, end to end
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A few-image LVIS-format set from the demo generator, registered as sweeptest_{train,val}."""
+    from tde_det.data import DemoSpec, register_demo_lt
+
+    spec = DemoSpec(shapes=("circle", "square"), colours=("red", "green", "blue"), max_images=14, min_images=1,
+                    val_fraction=0.2, val_min=1, val_max=2, max_objects=2, image_size=(48, 64),
+                    object_radius=(6.0, 12.0), seed=3)  # fmt: skip
+    root = tmp_path_factory.mktemp("data") / "sweeptest"
+    from detectron2.data import DatasetCatalog
+
+    if "sweeptest_val" not in DatasetCatalog.list():
+        register_demo_lt("sweeptest", str(root), spec)
+    return "sweeptest_val"
+
+
+def test_sweep_and_visualize_tools(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("standard"))
+    set_means(model, 1)
+    weights = str(tmp_path / "model.pth")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    opts = TINY + ["MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{tiny_dataset}',)",
+                   "DATASETS.TRAIN", "('sweeptest_train',)"]  # fmt: skip
+    config = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_demo.yaml")
+
+    sweep_tool = load_tool("sweep_alpha")
+    out = tmp_path / "sweep"
+    args = sweep_tool.argument_parser().parse_args(
+        ["--config-file", config, "--alphas", "0", "1", "2", "--output", str(out)] + [str(o) for o in opts]
+    )
+    records = sweep_tool.main(args)
+    record = json.loads((out / f"alpha_sweep_{tiny_dataset}.json").read_text())
+    assert [r["setting"] for r in record["rows"]] == ["plain", "alpha=0", "alpha=1", "alpha=2"]
+    assert set(record["best"]) >= {"AP", "APbox"}
+    assert record["heuristic_alpha"] == pytest.approx(1.0 / record["mean_cos"])
+    assert records[tiny_dataset]["num_regions"] == record["num_regions"] > 0
+    assert_png(out / f"alpha_curves_{tiny_dataset}.png")
+    assert_png(out / f"prediction_distribution_{tiny_dataset}.png")
+    cats = lvis_category_stats(sweep_tool.MetadataCatalog.get(tiny_dataset).json_file)
+    assert len(cats["names"]) == NUM_CLASSES and sum(cats["gt_instances"]) > 0
+
+    vis_tool = load_tool("visualize")
+    vis_out = tmp_path / "vis"
+    args = vis_tool.argument_parser().parse_args(
+        ["--config-file", config, "--num-images", "2", "--alpha", "1.5", "--score-thresh", "0.2",
+         "--output", str(vis_out)] + [str(o) for o in opts]
+    )  # fmt: skip
+    written = vis_tool.main(args)
+    assert len(written) == 2
+    for path in written:
+        assert_png(path)
+
+
+def test_sweep_tool_rejects_missing_weights(tiny_dataset, tmp_path):
+    sweep_tool = load_tool("sweep_alpha")
+    config = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_demo.yaml")
+    args = sweep_tool.argument_parser().parse_args(
+        ["--config-file", config, "--output", str(tmp_path)] + [str(o) for o in TINY]
+        + ["DATASETS.TEST", f"('{tiny_dataset}',)", "DATASETS.TRAIN", "('sweeptest_train',)"]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS"):
+        sweep_tool.main(args)
+
+
+def test_figure_alpha_picks_best_ap_with_tde():
+    sweep_tool = load_tool("sweep_alpha")
+    rows = metric_rows(RESULTS, [1.0, 2.0])
+    assert sweep_tool.figure_alpha(rows, None) == 1.0
+    assert sweep_tool.figure_alpha(rows, 2.0) == 2.0
+    assert sweep_tool.figure_alpha(metric_rows({"plain": RESULTS["plain"]}, []), None) is None

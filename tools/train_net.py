@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Train and evaluate De-confound-TDE models with Detectron2 (LVIS, or the generated demo set).
+
+Detectron2's usual command line:
+
+    # the demo (generates the data on first use, trains on CPU, prints the results table)
+    python tools/train_net.py --config-file configs/demo/tde_mask_rcnn_demo.yaml
+    # LVIS v1 on 8 GPUs
+    python tools/train_net.py --config-file configs/lvis_tde_mask_rcnn.yaml --num-gpus 8
+    # re-evaluate trained weights with another alpha, or without TDE (De-confound only)
+    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth MODEL.TDE.ALPHA 2.0
+    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth MODEL.TDE.INFERENCE plain
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
+    python tools/train_net.py --config-file CONFIG --resume
+
+With ``TEST.TDE_EVAL_PLAIN True`` (the demo configs), every evaluation of a TDE model reports
+both the ``plain`` and the ``tde`` inference of the same weights in one table.
+"""
+
+import importlib
+import inspect
+import logging
+import os
+import sys
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import tde_det.data  # noqa: E402,F401  (registers the demo datasets)
+import tde_det.modeling  # noqa: E402,F401  (registers the TDE ROI heads)
+import tde_det.modeling.backbone  # noqa: E402,F401  (registers the demo backbone)
+from tde_det import add_tde_config  # noqa: E402
+from tde_det.data import prepare_dataset  # noqa: E402
+from tde_det.engine import Trainer, check_config  # noqa: E402
+
+
+def setup(args):
+    """Config from Detectron2's defaults + ``add_tde_config`` + the file + trailing overrides."""
+    cfg = get_cfg()
+    add_tde_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
+    # Fail before building the model: class count, device, and the data files (the demo set is
+    # generated here on first use).
+    names = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    check_config(cfg, names)
+    for name in names:
+        prepare_dataset(name)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def _launcher_runs_without_cuda():
+    """Whether this detectron2's ``launch`` can start several CPU processes (gloo)."""
+    try:
+        return "gloo" in inspect.getsource(importlib.import_module("detectron2.engine.launch")._distributed_worker).lower()
+    except (AttributeError, OSError, TypeError):
+        return False
+
+
+def check_launch(args):
+    """A clear error instead of an assertion deep inside ``launch`` (detectron2 v0.6 needs CUDA + NCCL)."""
+    world_size = args.num_gpus * args.num_machines
+    if world_size > 1 and not torch.cuda.is_available() and not _launcher_runs_without_cuda():
+        sys.exit(
+            f"error: --num-gpus {args.num_gpus} --num-machines {args.num_machines} asks for {world_size} processes, "
+            "but CUDA is not available and this detectron2's launch() supports only CUDA GPUs (NCCL). "
+            "On a CPU machine run a single process: --num-gpus 1 (plus MODEL.DEVICE cpu if the config uses cuda)."
+        )
+    if args.num_gpus > 1 and torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+        sys.exit(f"error: --num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} CUDA devices.")
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    check_launch(args)
+    logging.getLogger(__name__).info("Command Line Args: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
