@@ -298,9 +298,11 @@ def test_sweep_and_visualize_tools(tiny_dataset, tmp_path):
 
     sweep_tool = load_tool("sweep_alpha")
     out = tmp_path / "sweep"
-    args = sweep_tool.argument_parser().parse_args(
-        ["--config-file", config, "--alphas", "0", "1", "2", "--output", str(out)] + [str(o) for o in opts]
+    # trailing overrides right after the alpha values, as a user types them
+    args = sweep_tool.parse_args(
+        ["--config-file", config, "--output", str(out), "--alphas", "0", "1", "2"] + [str(o) for o in opts]
     )
+    assert args.alphas == [0.0, 1.0, 2.0] and args.opts[:2] == ["MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES)]
     records = sweep_tool.main(args)
     record = json.loads((out / f"alpha_sweep_{tiny_dataset}.json").read_text())
     assert [r["setting"] for r in record["rows"]] == ["plain", "alpha=0", "alpha=1", "alpha=2"]
@@ -327,7 +329,7 @@ def test_sweep_and_visualize_tools(tiny_dataset, tmp_path):
 def test_sweep_tool_rejects_missing_weights(tiny_dataset, tmp_path):
     sweep_tool = load_tool("sweep_alpha")
     config = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_demo.yaml")
-    args = sweep_tool.argument_parser().parse_args(
+    args = sweep_tool.parse_args(
         ["--config-file", config, "--output", str(tmp_path)] + [str(o) for o in TINY]
         + ["DATASETS.TEST", f"('{tiny_dataset}',)", "DATASETS.TRAIN", "('sweeptest_train',)"]
     )  # fmt: skip
@@ -341,3 +343,49 @@ def test_figure_alpha_picks_best_ap_with_tde():
     assert sweep_tool.figure_alpha(rows, None) == 1.0
     assert sweep_tool.figure_alpha(rows, 2.0) == 2.0
     assert sweep_tool.figure_alpha(metric_rows({"plain": RESULTS["plain"]}, []), None) is None
+
+
+# ------------------------------------------------------------------- exact shortcuts of the sweep
+@pytest.mark.parametrize("overlap", ["spread", "clustered"])
+def test_topk_nms_shortcut_equals_detectron2(overlap):
+    from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
+
+    from tde_det.evaluation.alpha_sweep import fast_rcnn_inference_topk
+
+    gen = torch.Generator().manual_seed(3)
+    regions, classes, h, w = 400, 20, 300, 400
+    if overlap == "spread":  # many survivors: NMS on the best candidates only
+        xy = torch.rand(regions, classes, 2, generator=gen) * torch.tensor([w - 60.0, h - 60.0])
+    else:  # every box of a class nearly identical: few survivors, the shortcut must fall back
+        xy = torch.rand(1, classes, 2, generator=gen).expand(regions, classes, 2) * 100 + torch.rand(
+            regions, classes, 2, generator=gen)  # fmt: skip
+    boxes = torch.cat([xy, xy + 20 + 40 * torch.rand(regions, classes, 2, generator=gen)], 2).reshape(regions, -1)
+    scores = torch.softmax(3 * torch.randn(regions, classes + 1, generator=gen), dim=1)
+    for topk in (100, 300):
+        got, got_rows = fast_rcnn_inference_topk(boxes, scores, (h, w), 1e-4, 0.5, topk)
+        ref, ref_rows = fast_rcnn_inference_single_image(boxes, scores, (h, w), 1e-4, 0.5, topk)
+        assert len(ref) == (topk if overlap == "spread" else len(ref)) and (overlap == "spread" or len(ref) < topk)
+        assert torch.equal(got.pred_boxes.tensor, ref.pred_boxes.tensor) and torch.equal(got.scores, ref.scores)
+        assert torch.equal(got.pred_classes, ref.pred_classes) and torch.equal(got_rows, ref_rows)
+
+
+def test_batched_mask_paste_equals_detectron2():
+    from detectron2.layers import paste_masks_in_image
+
+    from tde_det.evaluation.mask_paste import batched_mask_paste, paste_masks_batched
+
+    gen = torch.Generator().manual_seed(4)
+    for (h, w), n in [((97, 130), 150), ((40, 33), 7), ((400, 600), 40)]:
+        xy = torch.rand(n, 2, generator=gen) * torch.tensor([w * 0.9, h * 0.9])
+        boxes = torch.cat([xy, torch.minimum(xy + torch.rand(n, 2, generator=gen) * torch.tensor([w / 2, h / 2]) + 0.2,
+                                             torch.tensor([float(w), float(h)]))], 1)  # fmt: skip
+        boxes[0] = torch.tensor([0.0, 0.0, w, h])  # the whole image
+        boxes[1] = torch.tensor([w - 1.5, h - 1.5, w, h])  # a sliver at the corner
+        masks = torch.rand(n, 28, 28, generator=gen)
+        expected = paste_masks_in_image(masks, boxes, (h, w))
+        assert expected.any() and torch.equal(paste_masks_batched(masks, boxes, (h, w)), expected)
+    with batched_mask_paste():
+        import detectron2.layers
+
+        assert detectron2.layers.paste_masks_in_image is paste_masks_batched
+    assert detectron2.layers.paste_masks_in_image is paste_masks_in_image

@@ -63,8 +63,9 @@ DEFAULT_ALPHAS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
 
 def argument_parser():
     parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument("--alphas", type=float, nargs="+", default=DEFAULT_ALPHAS, metavar="ALPHA",
-                        help="alpha values to evaluate (plain is always added); default: %(default)s")
+    parser.add_argument("--alphas", nargs="+", default=DEFAULT_ALPHAS, metavar="ALPHA",
+                        help="alpha values to evaluate (plain is always added); default: %(default)s. "
+                             "Trailing KEY VALUE overrides may follow them directly.")
     parser.add_argument("--output", default="", metavar="DIR",
                         help="where the JSON and the pictures go (default: OUTPUT_DIR/alpha_sweep)")
     parser.add_argument("--figure-alpha", type=float, default=None, metavar="ALPHA",
@@ -73,6 +74,28 @@ def argument_parser():
     parser.add_argument("--save-detections", action="store_true",
                         help="also let each alpha's evaluator write its detections (large on LVIS)")
     return parser
+
+
+def parse_args(argv=None):
+    """Parse the command line. ``--alphas`` takes the numbers after it; the first word that is not a
+    number starts the trailing ``KEY VALUE`` overrides (``--alphas 0 1 2 MODEL.WEIGHTS m.pth``)."""
+    args = argument_parser().parse_args(argv)
+    values = [str(a) for a in args.alphas]
+    n = 0
+    while n < len(values) and _is_number(values[n]):
+        n += 1
+    if n == 0:
+        raise SystemExit(f"error: --alphas needs numbers, got {values[0]!r} (e.g. --alphas 0 0.5 1 1.5 2).")
+    args.alphas, args.opts = [float(v) for v in values[:n]], values[n:] + list(args.opts)
+    return args
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def setup(args):
@@ -172,7 +195,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
+    args = parse_args()
     check_launch(args)
     try:
         check_alphas(args.alphas)

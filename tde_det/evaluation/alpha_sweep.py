@@ -7,7 +7,8 @@ every α:
 
     probs_α  = tde_probs(y, b, α)                 per stage (§4; α = 0 is softmax(y) = "plain")
     scores_α = Σ_stages probs_α / num_stages      (cascade only: as Detectron2's CascadeROIHeads)
-    dets_α   = fast_rcnn_inference(boxes, scores_α, …)   (Detectron2's threshold / NMS / top-k)
+    dets_α   = fast_rcnn_inference(boxes, scores_α, …)   (Detectron2's threshold / NMS / top-k;
+                                                         NMS on the best candidates only, same result)
 
 A detection is a (region, class) pair: its box and its mask do not depend on α. The mask head
 (``roi_heads.forward_with_given_boxes``) therefore runs once per batch on the UNION of all α's
@@ -41,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from detectron2.evaluation import inference_context
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
@@ -49,6 +50,7 @@ from torch import nn
 
 from ..modeling.box_predictor import TDEFastRCNNOutputLayers
 from ..modeling.cosine_classifier import plain_probs, tde_probs
+from .mask_paste import batched_mask_paste
 
 __all__ = [
     "PLAIN",
@@ -130,6 +132,38 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
                 "alpha would give the plain scores. Load trained TDE weights (MODEL.WEIGHTS path/to/model.pth)."
             )
     return predictors
+
+
+# ----------------------------------------------------------------------------- box inference
+def _nms_candidates(device) -> int:
+    """Fewest candidates for which torchvision's ``batched_nms`` takes its per-class path (CPU: more
+    than 4,000 box coordinates; CUDA: more than 100,000). Both NMS runs of
+    :func:`fast_rcnn_inference_topk` then compute IoUs on the same, unshifted coordinates."""
+    return 1001 if torch.device(device).type == "cpu" else 25001
+
+
+def fast_rcnn_inference_topk(boxes, scores, image_shape, score_thresh, nms_thresh, topk):
+    """Detectron2's ``fast_rcnn_inference_single_image`` with the same result, NMS on fewer boxes.
+
+    Greedy NMS decides a candidate from higher-scored candidates only, so NMS over the M best
+    candidates (all candidates with a score >= the M-th best) keeps exactly the full run's
+    survivors among them; when at least `topk` of them survive, they are the full run's top-k.
+    Otherwise (or with few candidates) it runs on all of them. The sweep runs NMS once per α,
+    and with LVIS's threshold of 1e-4 nearly every (region, class) pair is a candidate.
+    """
+    fg = scores[:, :-1]
+    num_candidates = int((fg > score_thresh).sum())
+    m = max(4 * topk, _nms_candidates(scores.device))
+    if topk >= 0 and num_candidates > m and torch.isfinite(scores).all() and torch.isfinite(boxes).all():
+        mth_best = fg.flatten().kthvalue(fg.numel() - m + 1).values
+        # scores > nextafter(mth_best, -inf)  <=>  scores >= mth_best
+        thresh = float(torch.nextafter(mth_best, mth_best.new_tensor(-float("inf"))))
+        result, kept = fast_rcnn_inference_single_image(
+            boxes, scores, image_shape, max(thresh, score_thresh), nms_thresh, topk
+        )
+        if len(result) >= topk:
+            return result, kept
+    return fast_rcnn_inference_single_image(boxes, scores, image_shape, score_thresh, nms_thresh, topk)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -236,14 +270,17 @@ class SweepBatch:
                         if not x.has(name):
                             x.set(name, value[self.rows[alpha][i]])
                 per_image.append(x)
-            return self._model._postprocess(per_image, self._inputs, self._image_sizes)
+            with batched_mask_paste():
+                return self._model._postprocess(per_image, self._inputs, self._image_sizes)
         if self._post is None:
             unions = []
             for u in self.unions:
                 u = Instances(u.image_size, **u.get_fields())
                 u.union_row = torch.arange(len(u), device=u.pred_classes.device)
                 unions.append(u)
-            self._post = [o["instances"] for o in self._model._postprocess(unions, self._inputs, self._image_sizes)]
+            with batched_mask_paste():
+                post = self._model._postprocess(unions, self._inputs, self._image_sizes)
+            self._post = [o["instances"] for o in post]
         out = []
         for inst, union, post, rows in zip(self.instances[alpha], self.unions, self._post, self.rows[alpha]):
             # detector_postprocess drops empty boxes: map union rows to rows of the post-processed union.
@@ -384,14 +421,14 @@ class AlphaSweep:
         scores_by_value, dets, kept = {}, {}, {}
         for value in self.values:
             scores_by_value[value] = self._scores(terms, value, counts)
-            dets[value], kept[value] = fast_rcnn_inference(
-                boxes,
-                scores_by_value[value],
-                image_sizes,
-                last.test_score_thresh,
-                last.test_nms_thresh,
-                last.test_topk_per_image,
-            )
+            per_image = [
+                fast_rcnn_inference_topk(
+                    b, s, size, last.test_score_thresh, last.test_nms_thresh, last.test_topk_per_image
+                )
+                for b, s, size in zip(boxes, scores_by_value[value], image_sizes)
+            ]
+            dets[value] = [r for r, _ in per_image]
+            kept[value] = [k for _, k in per_image]
         self._count_top1(scores_by_value)
         del scores_by_value, terms
         unions, rows = self._union_head_outputs(features, dets, kept)
