@@ -19,6 +19,7 @@ from matplotlib.image import imread
 import tde_det.modeling  # noqa: F401  (registers the TDE ROI heads)
 import tde_det.modeling.backbone  # noqa: F401  (registers the demo backbone)
 from tde_det import add_tde_config
+from tde_det.evaluation import alpha_sweep
 from tde_det.evaluation.alpha_sweep import (
     AlphaSweep,
     best_per_metric,
@@ -102,7 +103,7 @@ def assert_same_detections(a, b):
 
 
 # ------------------------------------------------------------------- detections
-def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
+def test_sweep_equals_eval_only_run_for_every_alpha(tiny, monkeypatch):
     heads, model, state = tiny
     batches = make_batches()
     recorders = {}
@@ -150,6 +151,15 @@ def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
             got = [o["instances"] for s in sweeps for o in s.outputs(a)]
             for g, e in zip(got, recorders[name].outputs):
                 assert_same_detections(g, e)
+
+    # The mask head run on chunks of the union (as on CPU for large unions) gives the same.
+    monkeypatch.setattr(alpha_sweep, "HEAD_CHUNK_CPU", 7)
+    chunked = AlphaSweep(model, ALPHAS)
+    with torch.no_grad():
+        sweeps = [chunked(batch) for batch in batches]
+    got = [o["instances"] for s in sweeps for o in s.outputs(3.0)]
+    for g, e in zip(got, recorders["alpha=3"].outputs):
+        assert_same_detections(g, e)
 
 
 def test_top1_counts_follow_the_scores(tiny):

@@ -72,6 +72,8 @@ PLAIN = "plain"
 # Largest size (bytes, one byte per pixel) of a batch's union of pasted masks before the sweep
 # falls back to pasting each α's masks separately.
 PASTE_BUDGET_BYTES = 1 << 30
+# Most boxes per mask / keypoint head call on CPU (see AlphaSweep._heads_in_chunks).
+HEAD_CHUNK_CPU = 128
 # Columns of the sweep table: (title, task, LVIS metric); AP* from masks when the model has them.
 METRICS = (("AP", None, "AP"), ("AP50", None, "AP50"), ("APr", None, "APr"), ("APc", None, "APc"),
            ("APf", None, "APf"), ("APbox", "bbox", "AP"))
@@ -398,7 +400,23 @@ class AlphaSweep:
                 start += len(dets[v][i])
         self.stats.num_detections += sum(len(dets[v][i]) for v in self.values for i in range(len(unions)))
         self.stats.num_union_detections += sum(len(u) for u in unions)
-        return heads.forward_with_given_boxes(features, unions), rows
+        return self._heads_in_chunks(features, unions), rows
+
+    def _heads_in_chunks(self, features, unions):
+        """``roi_heads.forward_with_given_boxes`` on at most ``HEAD_CHUNK_CPU`` boxes per call on CPU
+        (the union is about twice one α's detections; larger batches run slower per box there)."""
+        heads = self.model.roi_heads
+        if self.model.device.type != "cpu" or all(len(u) <= HEAD_CHUNK_CPU for u in unions):
+            return heads.forward_with_given_boxes(features, unions)
+        out = []
+        for i, union in enumerate(unions):
+            image_features = {k: v[i : i + 1] for k, v in features.items()}
+            parts = [
+                heads.forward_with_given_boxes(image_features, [union[j : j + HEAD_CHUNK_CPU]])[0]
+                for j in range(0, len(union), HEAD_CHUNK_CPU)
+            ]
+            out.append(Instances.cat(parts) if parts else union)
+        return out
 
     def __call__(self, batched_inputs) -> SweepBatch:
         images = self.model.preprocess_image(batched_inputs)
