@@ -399,3 +399,16 @@ def test_batched_mask_paste_equals_detectron2():
 
         assert detectron2.layers.paste_masks_in_image is paste_masks_batched
     assert detectron2.layers.paste_masks_in_image is paste_masks_in_image
+
+
+def test_fixed_ap_columns_appear_when_reported():
+    from tde_det.engine.results import format_table
+
+    fixed = {k: {t: dict(v, AP_fixed=v.get("AP", 0) + 1, APr_fixed=3.0) for t, v in r.items()} for k, r in RESULTS.items()}
+    rows = metric_rows(fixed, [1.0, 2.0])
+    assert rows[1]["AP_fixed"] == 23.0 and rows[1]["APbox_fixed"] == 25.0 and rows[0]["APr_fixed"] == 3.0
+    assert "| setting | AP | AP50 | APr | APc | APf | APbox | AP_fixed | APr_fixed | APbox_fixed |" in format_sweep_table(rows)
+    assert "AP_fixed" not in format_sweep_table(metric_rows(RESULTS, [1.0, 2.0]))
+    header = format_table("d", [("m", fixed["plain"])]).splitlines()[1]
+    assert [c.strip() for c in header.split("|")[-4:-1]] == ["AP_fixed", "APr_fixed", "APbox_fixed"]
+    assert "AP_fixed" not in format_table("d", [("m", RESULTS["plain"])])

@@ -28,6 +28,19 @@ COLUMNS = [
 ]
 
 
+# Fixed AP (TEST.LVIS_EVAL.FIXED_AP): shown when the results have it.
+FIXED_COLUMNS = [
+    ("AP_fixed", "segm", "AP_fixed"),
+    ("APr_fixed", "segm", "APr_fixed"),
+    ("APbox_fixed", "bbox", "AP_fixed"),
+]
+
+
+def _columns(rows):
+    has_fixed = any(task in r and metric in r[task] for _, r in rows for _, task, metric in FIXED_COLUMNS)
+    return COLUMNS + FIXED_COLUMNS if has_fixed else COLUMNS
+
+
 def _cell(results, task, metric):
     value = results.get(task, {}).get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)) or value < 0:
@@ -36,14 +49,16 @@ def _cell(results, task, metric):
 
 
 def format_table(dataset_name, rows):
-    """A Markdown table. `rows`: list of (row label, {task: {metric: value}}) in display order."""
+    """A Markdown table. `rows`: list of (row label, {task: {metric: value}}) in display order.
+    Fixed AP columns are added when the results hold them."""
+    columns = _columns(rows)
     label_width = max([len("model")] + [len(label) for label, _ in rows])
-    widths = [max(len(t), 5) for t, _, _ in COLUMNS]
-    header = "| " + "model".ljust(label_width) + " | " + " | ".join(t.rjust(w) for (t, _, _), w in zip(COLUMNS, widths))
+    widths = [max(len(t), 5) for t, _, _ in columns]
+    header = "| " + "model".ljust(label_width) + " | " + " | ".join(t.rjust(w) for (t, _, _), w in zip(columns, widths))
     rule = "|" + "-" * (label_width + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     lines = [f"LVIS-style results on {dataset_name} (AP* = mask AP, APbox* = box AP):", header + " |", rule]
     for label, results in rows:
-        cells = [_cell(results, task, metric).rjust(w) for (title, task, metric), w in zip(COLUMNS, widths)]
+        cells = [_cell(results, task, metric).rjust(w) for (title, task, metric), w in zip(columns, widths)]
         lines.append("| " + label.ljust(label_width) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -77,6 +77,8 @@ HEAD_CHUNK_CPU = 128
 # Columns of the sweep table: (title, task, LVIS metric); AP* from masks when the model has them.
 METRICS = (("AP", None, "AP"), ("AP50", None, "AP50"), ("APr", None, "APr"), ("APc", None, "APc"),
            ("APf", None, "APf"), ("APbox", "bbox", "AP"))
+# Added to the rows and the table when the evaluator reports Fixed AP (TEST.LVIS_EVAL.FIXED_AP).
+FIXED_METRICS = (("AP_fixed", None, "AP_fixed"), ("APr_fixed", None, "APr_fixed"), ("APbox_fixed", "bbox", "AP_fixed"))
 
 
 def setting_name(alpha: Optional[float]) -> str:
@@ -595,6 +597,10 @@ def metric_rows(results: "OrderedDict[str, dict]", alphas: Sequence[float]) -> L
     for name, res in results.items():
         row = {"setting": name, "alpha": alpha_of.get(name)}
         row.update((title, _metric(res or {}, task, key)) for title, task, key in METRICS)
+        row.update(
+            (title, _metric(res or {}, task, key)) for title, task, key in FIXED_METRICS
+            if any(key in (res or {}).get(t, {}) for t in ("bbox", "segm"))
+        )
         rows.append(row)
     return rows
 
@@ -602,7 +608,7 @@ def metric_rows(results: "OrderedDict[str, dict]", alphas: Sequence[float]) -> L
 def best_per_metric(rows: List[dict]) -> Dict[str, dict]:
     """Per metric, the row with the highest value (first one on ties): ``{metric: {"setting", "alpha", "value"}}``."""
     best = {}
-    for title, _, _ in METRICS:
+    for title, _, _ in METRICS + FIXED_METRICS:
         scored = [r for r in rows if r.get(title) is not None]
         if scored:
             top = max(scored, key=lambda r: r[title])
@@ -614,7 +620,7 @@ def format_sweep_table(rows: List[dict], mean_cos: Optional[float] = None, heuri
     """A Markdown table α × metrics (best value of each column in bold), the best α per metric and
     the heuristic α."""
     best = best_per_metric(rows)
-    titles = [t for t, _, _ in METRICS]
+    titles = [t for t, _, _ in METRICS + FIXED_METRICS if any(t in r for r in rows)]
     header = "| setting | " + " | ".join(titles) + " |"
     lines = [header, "|---|" + "|".join("---:" for _ in titles) + "|"]
     for r in rows:
