@@ -31,9 +31,6 @@ from _common import print_table, sync
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 
-import tde_det.data  # noqa: F401  (registers the demo datasets)
-import tde_det.modeling  # noqa: F401  (registers the TDE ROI heads)
-import tde_det.modeling.backbone  # noqa: F401  (registers the demo backbone)
 from tde_det import add_tde_config
 from tde_det.engine import Trainer
 from tde_det.evaluation.alpha_sweep import AlphaSweep

@@ -21,7 +21,6 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import tde_det.modeling  # noqa: F401  (registers the heads)
 from tde_det.config import add_tde_config
 
 NUM_CLASSES, SIZE = 5, 128

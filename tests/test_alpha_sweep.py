@@ -16,8 +16,6 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from matplotlib.image import imread
 
-import tde_det.modeling  # noqa: F401  (registers the TDE ROI heads)
-import tde_det.modeling.backbone  # noqa: F401  (registers the demo backbone)
 from tde_det import add_tde_config
 from tde_det.evaluation import alpha_sweep
 from tde_det.evaluation.alpha_sweep import (

@@ -31,18 +31,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.evaluation import LVISEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_TOOLS, ".."))
 sys.path.insert(0, _TOOLS)
-import tde_det.data  # noqa: E402,F401  (registers the demo datasets)
-import tde_det.modeling  # noqa: E402,F401  (registers the TDE ROI heads)
-import tde_det.modeling.backbone  # noqa: E402,F401  (registers the demo backbone)
-from tde_det import add_tde_config  # noqa: E402
+from tde_det import add_tde_config  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.engine import Trainer, check_config  # noqa: E402
+from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
 from tde_det.evaluation.alpha_sweep import (  # noqa: E402
     check_alphas,
     format_sweep_table,
@@ -117,14 +114,9 @@ def setup(args):
 
 
 def build_evaluator(cfg, dataset_name, output_dir):
-    """The project's LVIS evaluator (``tde_det.evaluation.build_lvis_evaluator`` when present),
-    else Detectron2's ``LVISEvaluator``; `output_dir` None writes no detection files."""
+    """The project's LVIS evaluator (``TEST.LVIS_EVAL``); `output_dir` None writes no detection files."""
     if MetadataCatalog.get(dataset_name).get("evaluator_type") != "lvis":
         raise ValueError(f"The alpha sweep evaluates LVIS-format datasets; {dataset_name!r} is not one.")
-    try:
-        from tde_det.evaluation import build_lvis_evaluator
-    except ImportError:
-        return LVISEvaluator(dataset_name, output_dir=output_dir, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
     return build_lvis_evaluator(cfg, dataset_name, output_dir)
 
 

@@ -32,10 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import tde_det.data  # noqa: E402,F401  (registers the demo datasets)
-import tde_det.modeling  # noqa: E402,F401  (registers the TDE ROI heads)
-import tde_det.modeling.backbone  # noqa: E402,F401  (registers the demo backbone)
-from tde_det import add_tde_config  # noqa: E402
+from tde_det import add_tde_config  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer, check_config  # noqa: E402
 

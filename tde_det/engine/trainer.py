@@ -5,8 +5,9 @@ What it adds to ``DefaultTrainer``:
 - datasets are prepared before use: the demo set is generated on first use; a missing LVIS json or
   image folder is an error naming the path (:func:`tde_det.data.prepare_dataset`);
 - ``MODEL.ROI_HEADS.NUM_CLASSES`` must equal the datasets' class count (:func:`check_config`);
-- LVIS evaluation with tde_det's fast evaluator when available, else Detectron2's ``LVISEvaluator``,
-  ``TEST.DETECTIONS_PER_IMAGE`` (300 for LVIS) detections per image;
+- LVIS evaluation with tde_det's ``FastLVISEvaluator`` (Detectron2's ``LVISEvaluator`` with exact,
+  faster metrics; ``TEST.LVIS_EVAL.BACKEND lvis-api`` for lvis-api's), ``TEST.DETECTIONS_PER_IMAGE``
+  (300 for LVIS) detections per image;
 - ``test()`` evaluates every variant listed by :func:`inference_variants` -- with TDE heads and
   ``TEST.TDE_EVAL_PLAIN``, the same weights with ``MODEL.TDE.INFERENCE plain`` and then ``tde`` --
   prints one LVIS-style table (AP, AP50, AP75, APr, APc, APf and box AP) and records it in
@@ -21,12 +22,14 @@ from collections import OrderedDict
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, LVISEvaluator
+from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_model
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data import prepare_dataset
+from ..evaluation.lvis_evaluator import build_lvis_evaluator
+from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
 from .checkpoint import make_atomic
 from .results import format_table, update_results_json
 
@@ -37,10 +40,6 @@ logger = logging.getLogger(__name__)
 
 def is_tde_model(cfg):
     """True if ``MODEL.ROI_HEADS.NAME`` is one of tde_det's TDE ROI heads (or a subclass)."""
-    try:
-        from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
-    except ImportError:
-        return False
     heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
     return isinstance(heads, type) and issubclass(heads, (TDEStandardROIHeads, TDECascadeROIHeads))
 
@@ -121,11 +120,6 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", inference_variants(cfg)[-1][0])
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
         if evaluator_type == "lvis":
-            try:
-                from ..evaluation import build_lvis_evaluator
-            except ImportError:
-                return LVISEvaluator(dataset_name, output_dir=output_folder,
-                                     max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
             return build_lvis_evaluator(cfg, dataset_name, output_folder)
         if evaluator_type == "coco":
             return COCOEvaluator(dataset_name, output_dir=output_folder)
