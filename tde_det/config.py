@@ -31,3 +31,16 @@ def add_tde_config(cfg):
     cfg.TEST.LVIS_EVAL.BACKEND = "fast"
     # Also report Fixed AP (Dave et al. 2021): no per-image cap, <= 10,000 detections per class.
     cfg.TEST.LVIS_EVAL.FIXED_AP = False
+
+
+def get_tde_cfg(config_file=None, opts=()):
+    """Detectron2's default config with the tde_det keys, then `config_file` and the ``KEY VALUE``
+    overrides `opts` merged in (an unknown key is Detectron2's error). Not frozen."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_tde_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg

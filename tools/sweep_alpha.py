@@ -28,7 +28,6 @@ import sys
 from collections import OrderedDict
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -37,7 +36,7 @@ from detectron2.utils.logger import setup_logger
 _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_TOOLS, ".."))
 sys.path.insert(0, _TOOLS)
-from tde_det import add_tde_config  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
+from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.engine import Trainer, check_config  # noqa: E402
 from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
 from tde_det.evaluation.alpha_sweep import (  # noqa: E402
@@ -96,10 +95,7 @@ def _is_number(text):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_tde_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.OUTPUT_DIR = args.output or os.path.join(cfg.OUTPUT_DIR, "alpha_sweep")
     cfg.freeze()
     default_setup(cfg, args)

@@ -25,24 +25,20 @@ import sys
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tde_det import add_tde_config  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
+from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer, check_config  # noqa: E402
 
 
 def setup(args):
     """Config from Detectron2's defaults + ``add_tde_config`` + the file + trailing overrides."""
-    cfg = get_cfg()
-    add_tde_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")

@@ -20,7 +20,6 @@ import sys
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.utils.logger import setup_logger
@@ -29,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tde_det import add_tde_config  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
+from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer  # noqa: E402
 from tde_det.evaluation.alpha_sweep import AlphaSweep  # noqa: E402
@@ -50,10 +49,7 @@ def argument_parser():
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_tde_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: add the override MODEL.WEIGHTS path/to/model_final.pth.")
