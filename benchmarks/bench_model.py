@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_model.py [--device cuda] [--reps 7]
 
 Random weights (the TDE model gets the baseline's weights for every shared parameter, so both see
-the same proposals), one 800 x 1333 image. Times inference and one training step (forward, losses,
+the same proposals; GroupNorm and real pixel std so that random weights give ~1000 proposals;
+score threshold 0 so that both keep 300 detections), one 800 x 1333 image. Times inference and one training step (forward, losses,
 backward, SGD step), alternating the two models; reports medians and the median per-pair ratio
 TDE / baseline (targets: inference <= 1.02, training <= 1.03). Peak memory (RSS on CPU,
 torch.cuda.max_memory_allocated on CUDA) is measured for each model in its own subprocess running
@@ -35,6 +36,14 @@ def build(kind, device):
     cfg.merge_from_file(model_zoo.get_config_file("LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
+    # Random weights behave like a trained model only with normalisation that works from init
+    # (FrozenBN + PIXEL_STD 1 explodes: one proposal, saturated logits) ...
+    cfg.MODEL.RESNETS.NORM = "GN"
+    cfg.MODEL.FPN.NORM = "GN"
+    cfg.MODEL.PIXEL_STD = [57.375, 57.120, 58.395]
+    # ... and both models must keep the same number of detections (300), or the mask head, which
+    # runs on every kept detection, dominates the difference. With threshold 0 both keep the top 300.
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     if kind == "tde":
         cfg.MODEL.ROI_HEADS.NAME = "TDEStandardROIHeads"
     torch.manual_seed(0)
@@ -130,6 +139,10 @@ def main():
     baseline, tde = build_pair(args.device)
     base_infer, base_train = runners(baseline, args.device)
     tde_infer, tde_train = runners(tde, args.device)
+    counts = [len(infer()[0]["instances"]) for infer in (base_infer, tde_infer)]
+    print(f"detections per image: baseline {counts[0]}, TDE {counts[1]}")
+    if counts[0] != counts[1]:
+        raise SystemExit("error: the two models keep different numbers of detections; the comparison would be unfair.")
     b, t, r = paired_times(base_infer, tde_infer, args.device, args.warmup, args.reps)
     rows.insert(0, summarize("inference, 1 image 800x1333", b, t, r, 1.02))
     b, t, r = paired_times(base_train, tde_train, args.device, args.warmup, args.reps)

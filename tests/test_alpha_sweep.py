@@ -17,7 +17,6 @@ from detectron2.modeling import build_model
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
-from tde_det.evaluation import alpha_sweep
 from tde_det.evaluation.alpha_sweep import (
     AlphaSweep,
     best_per_metric,
@@ -101,7 +100,7 @@ def assert_same_detections(a, b):
 
 
 # ------------------------------------------------------------------- detections
-def test_sweep_equals_eval_only_run_for_every_alpha(tiny, monkeypatch):
+def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
     heads, model, state = tiny
     batches = make_batches()
     recorders = {}
@@ -149,15 +148,6 @@ def test_sweep_equals_eval_only_run_for_every_alpha(tiny, monkeypatch):
             got = [o["instances"] for s in sweeps for o in s.outputs(a)]
             for g, e in zip(got, recorders[name].outputs):
                 assert_same_detections(g, e)
-
-    # The mask head run on chunks of the union (as on CPU for large unions) gives the same.
-    monkeypatch.setattr(alpha_sweep, "HEAD_CHUNK_CPU", 7)
-    chunked = AlphaSweep(model, ALPHAS)
-    with torch.no_grad():
-        sweeps = [chunked(batch) for batch in batches]
-    got = [o["instances"] for s in sweeps for o in s.outputs(3.0)]
-    for g, e in zip(got, recorders["alpha=3"].outputs):
-        assert_same_detections(g, e)
 
 
 def test_top1_counts_follow_the_scores(tiny):
@@ -354,37 +344,27 @@ def test_figure_alpha_picks_best_ap_with_tde():
 
 
 # ------------------------------------------------------------------- exact shortcuts of the sweep
-@pytest.mark.parametrize("agnostic", [False, True])
-def test_nms_for_many_alphas_equals_detectron2(agnostic):
+@pytest.mark.parametrize("overlap", ["spread", "clustered"])
+def test_topk_nms_shortcut_equals_detectron2(overlap):
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 
-    from tde_det.evaluation.alpha_sweep import fast_rcnn_inference_alphas
+    from tde_det.evaluation.alpha_sweep import fast_rcnn_inference_topk
 
     gen = torch.Generator().manual_seed(3)
-    regions, classes, h, w = 300, 12, 200, 260
-    # boxes around a few objects (heavy overlap, long suppression chains) plus clutter; some
-    # reaching over the image border (clipped first)
-    centres = torch.rand(6, 2, generator=gen) * torch.tensor([w, h])
-    xy = centres[torch.randint(0, 6, (regions, 1 if agnostic else classes), generator=gen)]
-    xy = xy + torch.randn(xy.shape, generator=gen) * 6 - 20
-    boxes = torch.cat([xy, xy + 25 + 30 * torch.rand(xy.shape, generator=gen)], -1).reshape(regions, -1)
-    boxes[7] = boxes[5] + 1.0  # two regions with overlapping boxes ...
-    logits = 3 * torch.randn(regions, classes + 1, generator=gen)
-    scores = [torch.softmax(logits + a * torch.randn(logits.shape, generator=gen), dim=1) for a in (0, 0.3, 1, 2)]
-    scores.append(scores[0].clone())
-    scores[-1][5, :3] = scores[-1][7, :3]  # ... and equal scores: the tie is broken as torchvision does
-    few = torch.zeros_like(scores[0])
-    few[:, -1] = 1.0
-    few[:40, :3] = 0.2  # only 120 candidates: Detectron2's own NMS path
-    scores.append(few)
-    for nms_thresh, topk in ((0.5, 100), (0.7, 1000), (0.3, -1)):
-        got = fast_rcnn_inference_alphas(boxes, scores, (h, w), 1e-4, nms_thresh, topk)
-        for s, (result, rows) in zip(scores, got):
-            ref, ref_rows = fast_rcnn_inference_single_image(boxes, s, (h, w), 1e-4, nms_thresh, topk)
-            assert len(ref) > 0 and len(result) == len(ref)
-            assert torch.equal(result.pred_boxes.tensor, ref.pred_boxes.tensor)
-            assert torch.equal(result.scores, ref.scores) and torch.equal(result.pred_classes, ref.pred_classes)
-            assert torch.equal(rows, ref_rows)
+    regions, classes, h, w = 400, 20, 300, 400
+    if overlap == "spread":  # many survivors: NMS on the best candidates only
+        xy = torch.rand(regions, classes, 2, generator=gen) * torch.tensor([w - 60.0, h - 60.0])
+    else:  # every box of a class nearly identical: few survivors, the shortcut must fall back
+        xy = torch.rand(1, classes, 2, generator=gen).expand(regions, classes, 2) * 100 + torch.rand(
+            regions, classes, 2, generator=gen)  # fmt: skip
+    boxes = torch.cat([xy, xy + 20 + 40 * torch.rand(regions, classes, 2, generator=gen)], 2).reshape(regions, -1)
+    scores = torch.softmax(3 * torch.randn(regions, classes + 1, generator=gen), dim=1)
+    for topk in (100, 300):
+        got, got_rows = fast_rcnn_inference_topk(boxes, scores, (h, w), 1e-4, 0.5, topk)
+        ref, ref_rows = fast_rcnn_inference_single_image(boxes, scores, (h, w), 1e-4, 0.5, topk)
+        assert len(ref) == (topk if overlap == "spread" else len(ref)) and (overlap == "spread" or len(ref) < topk)
+        assert torch.equal(got.pred_boxes.tensor, ref.pred_boxes.tensor) and torch.equal(got.scores, ref.scores)
+        assert torch.equal(got.pred_classes, ref.pred_classes) and torch.equal(got_rows, ref_rows)
 
 
 def test_batched_mask_paste_equals_detectron2():

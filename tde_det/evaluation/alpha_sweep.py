@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from detectron2.evaluation import inference_context
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
-from detectron2.modeling.roi_heads import fast_rcnn as _d2_fast_rcnn
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
@@ -72,8 +72,6 @@ PLAIN = "plain"
 # Largest size (bytes, one byte per pixel) of a batch's union of pasted masks before the sweep
 # falls back to pasting each α's masks separately.
 PASTE_BUDGET_BYTES = 1 << 30
-# Most boxes per mask / keypoint head call on CPU (see AlphaSweep._heads_in_chunks).
-HEAD_CHUNK_CPU = 128
 # Columns of the sweep table: (title, task, LVIS metric); AP* from masks when the model has them.
 METRICS = (("AP", None, "AP"), ("AP50", None, "AP50"), ("APr", None, "APr"), ("APc", None, "APc"),
            ("APf", None, "APf"), ("APbox", "bbox", "AP"))
@@ -139,102 +137,35 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
 
 
 # ----------------------------------------------------------------------------- box inference
-# torchvision's batched_nms runs NMS class by class (on unshifted coordinates) on CPU above this
-# many boxes (4,000 coordinates); below it, on all classes at once with shifted coordinates.
-_PER_CLASS_NMS_ABOVE = 1000
+def _nms_candidates(device) -> int:
+    """Fewest candidates for which torchvision's ``batched_nms`` takes its per-class path (CPU: more
+    than 4,000 box coordinates; CUDA: more than 100,000). Both NMS runs of
+    :func:`fast_rcnn_inference_topk` then compute IoUs on the same, unshifted coordinates."""
+    return 1001 if torch.device(device).type == "cpu" else 25001
 
 
-def _suppression(boxes, iou_threshold):
-    """[n, n] bool, True where boxes i and j overlap with IoU > iou_threshold, the IoU computed
-    exactly as torchvision's CPU ``nms`` does (float32, same operations)."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    areas = (x2 - x1) * (y2 - y1)
-    w = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
-    h = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
-    inter = w * h
-    ovr = inter / (areas[:, None] + areas[None] - inter)
-    return ovr.double() > iou_threshold  # the kernel compares float against double
+def fast_rcnn_inference_topk(boxes, scores, image_shape, score_thresh, nms_thresh, topk):
+    """Detectron2's ``fast_rcnn_inference_single_image`` with the same result, NMS on fewer boxes.
 
-
-def _greedy_nms_many(suppress, scores, candidates):
-    """Greedy NMS of one class for A score vectors at once.
-
-    suppress: [n, n] bool (α-independent IoU test); scores, candidates: [A, n].
-    Box i suppresses j under score vector a when both are candidates, i is kept, and i comes
-    first in torchvision's order (higher score; on ties, lower index: its sort is stable).
-    Kept boxes solve keep_j = cand_j ∧ ¬∃i (before_ij ∧ keep_i ∧ suppress_ij), a recurrence over
-    an acyclic order; iterating it from keep = cand reaches its unique solution. Returns [A, n].
+    Greedy NMS decides a candidate from higher-scored candidates only, so NMS over the M best
+    candidates (all candidates with a score >= the M-th best) keeps exactly the full run's
+    survivors among them; when at least `topk` of them survive, they are the full run's top-k.
+    Otherwise (or with few candidates) it runs on all of them. The sweep runs NMS once per α,
+    and with LVIS's threshold of 1e-4 nearly every (region, class) pair is a candidate.
     """
-    n = scores.shape[1]
-    index = torch.arange(n, device=scores.device)
-    s_i, s_j = scores[:, :, None], scores[:, None, :]
-    before = (s_i > s_j) | ((s_i == s_j) & (index[:, None] < index[None, :]))
-    edges = before & suppress & candidates[:, :, None] & candidates[:, None, :]
-    keep = candidates
-    for _ in range(n + 1):
-        new = candidates & ~(edges & keep[:, :, None]).any(dim=1)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    return keep
-
-
-def fast_rcnn_inference_alphas(boxes, scores_list, image_shape, score_thresh, nms_thresh, topk):
-    """Detectron2's ``fast_rcnn_inference_single_image(boxes, scores, ...)`` for each score matrix of
-    `scores_list` (the same regions and boxes scored with several α), with identical results.
-
-    The boxes, and so every IoU between same-class boxes, do not depend on α: each class's IoU
-    test is computed once and greedy NMS runs for all α together (:func:`_greedy_nms_many`),
-    instead of class-by-class ``nms`` calls per α. Used on CPU for score matrices with more than
-    ``_PER_CLASS_NMS_ABOVE`` candidates, where Detectron2's NMS also goes class by class (same
-    IoUs, same order, same final sort); otherwise, and on CUDA, Detectron2's function runs.
-
-    boxes: [R, C*4] or [R, 4]; scores_list: A x [R, C+1]. Returns A x (Instances, region indices).
-    """
-    d2 = _d2_fast_rcnn.fast_rcnn_inference_single_image
-    results = [None] * len(scores_list)
-    fg_list = [s[:, :-1] for s in scores_list]
-    masks = [fg > score_thresh for fg in fg_list]
-    batched = [
-        a for a, (s, m) in enumerate(zip(scores_list, masks))
-        if boxes.device.type == "cpu" and int(m.sum()) > _PER_CLASS_NMS_ABOVE and torch.isfinite(s).all()
-    ]
-    if batched and not torch.isfinite(boxes).all():
-        batched = []
-    for a in range(len(scores_list)):
-        if a not in batched:
-            results[a] = d2(boxes, scores_list[a], image_shape, score_thresh, nms_thresh, topk)
-    if not batched:
-        return results
-
-    num_reg = boxes.shape[1] // 4
-    clipped = Boxes(boxes.reshape(-1, 4))
-    clipped.clip(image_shape)
-    clipped = clipped.tensor.view(-1, num_reg, 4).float()
-    cand = torch.stack([masks[a] for a in batched])  # [A, R, C]
-    scores = torch.stack([fg_list[a] for a in batched])  # [A, R, C]
-    kept = torch.zeros_like(cand)
-    for c in torch.nonzero(cand.any(dim=(0, 1))).flatten().tolist():
-        regions = torch.nonzero(cand[:, :, c].any(dim=0)).flatten()
-        class_boxes = clipped[regions, c if num_reg > 1 else 0]
-        kept[:, regions, c] = _greedy_nms_many(
-            _suppression(class_boxes, nms_thresh), scores[:, regions, c], cand[:, regions, c]
+    fg = scores[:, :-1]
+    num_candidates = int((fg > score_thresh).sum())
+    m = max(4 * topk, _nms_candidates(scores.device))
+    if topk >= 0 and num_candidates > m and torch.isfinite(scores).all() and torch.isfinite(boxes).all():
+        mth_best = fg.flatten().kthvalue(fg.numel() - m + 1).values
+        # scores > nextafter(mth_best, -inf)  <=>  scores >= mth_best
+        thresh = float(torch.nextafter(mth_best, mth_best.new_tensor(-float("inf"))))
+        result, kept = fast_rcnn_inference_single_image(
+            boxes, scores, image_shape, max(thresh, score_thresh), nms_thresh, topk
         )
-    for k, a in enumerate(batched):
-        filter_mask = masks[a]
-        filter_inds = filter_mask.nonzero()
-        flat_boxes = clipped[filter_inds[:, 0], 0] if num_reg == 1 else clipped[filter_mask]
-        flat_scores = fg_list[a][filter_mask]
-        keep = torch.where(kept[k][filter_mask])[0]
-        keep = keep[flat_scores[keep].sort(descending=True)[1]]  # as torchvision's batched_nms
-        if topk >= 0:
-            keep = keep[:topk]
-        result = Instances(image_shape)
-        result.pred_boxes = Boxes(flat_boxes[keep])
-        result.scores = flat_scores[keep]
-        result.pred_classes = filter_inds[keep, 1]
-        results[a] = (result, filter_inds[keep, 0])
-    return results
+        if len(result) >= topk:
+            return result, kept
+    return fast_rcnn_inference_single_image(boxes, scores, image_shape, score_thresh, nms_thresh, topk)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -469,23 +400,7 @@ class AlphaSweep:
                 start += len(dets[v][i])
         self.stats.num_detections += sum(len(dets[v][i]) for v in self.values for i in range(len(unions)))
         self.stats.num_union_detections += sum(len(u) for u in unions)
-        return self._heads_in_chunks(features, unions), rows
-
-    def _heads_in_chunks(self, features, unions):
-        """``roi_heads.forward_with_given_boxes`` on at most ``HEAD_CHUNK_CPU`` boxes per call on CPU
-        (the union is about twice one α's detections; larger batches run slower per box there)."""
-        heads = self.model.roi_heads
-        if self.model.device.type != "cpu" or all(len(u) <= HEAD_CHUNK_CPU for u in unions):
-            return heads.forward_with_given_boxes(features, unions)
-        out = []
-        for i, union in enumerate(unions):
-            image_features = {k: v[i : i + 1] for k, v in features.items()}
-            parts = [
-                heads.forward_with_given_boxes(image_features, [union[j : j + HEAD_CHUNK_CPU]])[0]
-                for j in range(0, len(union), HEAD_CHUNK_CPU)
-            ]
-            out.append(Instances.cat(parts) if parts else union)
-        return out
+        return heads.forward_with_given_boxes(features, unions), rows
 
     def __call__(self, batched_inputs) -> SweepBatch:
         images = self.model.preprocess_image(batched_inputs)
@@ -508,15 +423,14 @@ class AlphaSweep:
         scores_by_value, dets, kept = {}, {}, {}
         for value in self.values:
             scores_by_value[value] = self._scores(terms, value, counts)
-            dets[value], kept[value] = [], []
-        for i, (b, size) in enumerate(zip(boxes, image_sizes)):
-            per_value = fast_rcnn_inference_alphas(
-                b, [scores_by_value[v][i] for v in self.values], size,
-                last.test_score_thresh, last.test_nms_thresh, last.test_topk_per_image,
-            )  # fmt: skip
-            for value, (result, rows) in zip(self.values, per_value):
-                dets[value].append(result)
-                kept[value].append(rows)
+            per_image = [
+                fast_rcnn_inference_topk(
+                    b, s, size, last.test_score_thresh, last.test_nms_thresh, last.test_topk_per_image
+                )
+                for b, s, size in zip(boxes, scores_by_value[value], image_sizes)
+            ]
+            dets[value] = [r for r, _ in per_image]
+            kept[value] = [k for _, k in per_image]
         self._count_top1(scores_by_value)
         del scores_by_value, terms
         unions, rows = self._union_head_outputs(features, dets, kept)
