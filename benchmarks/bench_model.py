@@ -1,6 +1,6 @@
 """Whole model: LVIS v1 Mask R-CNN R50-FPN with TDE heads vs Detectron2's standard heads.
 
-    .venv/bin/python benchmarks/bench_model.py [--device cuda] [--reps 7]
+    .venv/bin/python benchmarks/bench_model.py [--device cuda] [--reps 9]
 
 Random weights (the TDE model gets the baseline's weights for every shared parameter, so both see
 the same proposals; GroupNorm and real pixel std so that random weights give ~1000 proposals;
@@ -127,7 +127,7 @@ def memory_rows(device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--memory-of", choices=["baseline", "tde"], help=argparse.SUPPRESS)
