@@ -7,6 +7,7 @@ small generated images; nothing is timed here (see benchmarks/bench_alpha_sweep.
 import importlib.util
 import json
 import os
+from unittest import mock
 
 import pytest
 import torch
@@ -139,10 +140,12 @@ def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
     stats = result.stats
     assert 0 < stats.num_union_detections < stats.num_detections
 
-    # Pasting each α's masks separately (paste budget 0) gives the same, and outputs() can be re-read.
+    # Pasting each α's masks separately (paste budget 0) gives the same, and outputs() can be re-read;
+    # the mask head in chunks of 7 detections too.
     separate = AlphaSweep(model, ALPHAS, paste_budget=0)
-    with torch.no_grad():
+    with torch.no_grad(), mock.patch("tde_det.evaluation.alpha_sweep.CPU_MASK_HEAD_CHUNK", 7):
         sweeps = [separate(batch) for batch in batches]
+    assert max(len(u) for s in sweeps for u in s.unions) > 7
     for name, a in [("plain", None), ("alpha=0.5", 0.5), ("alpha=3", 3.0)]:
         for again in range(2):
             got = [o["instances"] for s in sweeps for o in s.outputs(a)]
@@ -320,6 +323,13 @@ def test_sweep_and_visualize_tools(tiny_dataset, tmp_path):
     )  # fmt: skip
     written = vis_tool.main(args)
     assert len(written) == 2
+    # own images, trailing overrides right after the paths
+    image = vis_tool.DatasetCatalog.get(tiny_dataset)[0]["file_name"]
+    args = vis_tool.parse_args(["--config-file", config, "--output", str(vis_out / "own"), "--input", image]
+                               + [str(o) for o in opts])  # fmt: skip
+    assert args.input == [image] and args.opts[:2] == ["MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES)]
+    written += vis_tool.main(args)
+    assert len(written) == 3
     for path in written:
         assert_png(path)
 
@@ -344,27 +354,62 @@ def test_figure_alpha_picks_best_ap_with_tde():
 
 
 # ------------------------------------------------------------------- exact shortcuts of the sweep
-@pytest.mark.parametrize("overlap", ["spread", "clustered"])
-def test_topk_nms_shortcut_equals_detectron2(overlap):
+def test_box_inference_for_many_score_sets_equals_detectron2():
+    """One call for several score sets (spread, clustered, tied boxes / scores) == Detectron2 per set."""
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 
-    from tde_det.evaluation.alpha_sweep import fast_rcnn_inference_topk
+    from tde_det.evaluation.box_inference import fast_rcnn_inference_many
 
     gen = torch.Generator().manual_seed(3)
     regions, classes, h, w = 400, 20, 300, 400
-    if overlap == "spread":  # many survivors: NMS on the best candidates only
-        xy = torch.rand(regions, classes, 2, generator=gen) * torch.tensor([w - 60.0, h - 60.0])
-    else:  # every box of a class nearly identical: few survivors, the shortcut must fall back
-        xy = torch.rand(1, classes, 2, generator=gen).expand(regions, classes, 2) * 100 + torch.rand(
-            regions, classes, 2, generator=gen)  # fmt: skip
-    boxes = torch.cat([xy, xy + 20 + 40 * torch.rand(regions, classes, 2, generator=gen)], 2).reshape(regions, -1)
-    scores = torch.softmax(3 * torch.randn(regions, classes + 1, generator=gen), dim=1)
-    for topk in (100, 300):
-        got, got_rows = fast_rcnn_inference_topk(boxes, scores, (h, w), 1e-4, 0.5, topk)
-        ref, ref_rows = fast_rcnn_inference_single_image(boxes, scores, (h, w), 1e-4, 0.5, topk)
-        assert len(ref) == (topk if overlap == "spread" else len(ref)) and (overlap == "spread" or len(ref) < topk)
-        assert torch.equal(got.pred_boxes.tensor, ref.pred_boxes.tensor) and torch.equal(got.scores, ref.scores)
-        assert torch.equal(got.pred_classes, ref.pred_classes) and torch.equal(got_rows, ref_rows)
+    spread = torch.rand(regions, classes, 2, generator=gen) * torch.tensor([w - 60.0, h - 60.0])
+    # a few clusters of near-identical boxes per class: few NMS survivors
+    clustered = (torch.rand(1, classes, 2, generator=gen) * 100).expand(regions, classes, 2) + torch.rand(
+        regions, classes, 2, generator=gen)  # fmt: skip
+    logits = [3 * torch.randn(regions, classes + 1, generator=gen) for _ in range(3)]
+    score_sets = [torch.softmax(x, dim=1) for x in logits]
+    score_sets.append((score_sets[0] * 50).round() / 50 + 1e-3)  # many equal scores
+    score_sets.append(torch.softmax(logits[1] - 2 * logits[2], dim=1))
+    for xy in (spread, clustered):
+        boxes = torch.cat([xy, xy + 20 + 40 * torch.rand(regions, classes, 2, generator=gen)], 2).reshape(regions, -1)
+        for topk in (100, 300):
+            got = fast_rcnn_inference_many(boxes, score_sets, (h, w), 1e-4, 0.5, topk)
+            for scores, (result, rows) in zip(score_sets, got):
+                ref, ref_rows = fast_rcnn_inference_single_image(boxes, scores, (h, w), 1e-4, 0.5, topk)
+                assert len(ref) == topk if xy is spread else len(ref) < topk
+                assert torch.equal(result.pred_boxes.tensor, ref.pred_boxes.tensor)
+                assert torch.equal(result.scores, ref.scores) and torch.equal(result.pred_classes, ref.pred_classes)
+                assert torch.equal(rows, ref_rows)
+    # class-agnostic boxes
+    boxes = torch.cat([spread[:, 0], spread[:, 0] + 30], 1)
+    for scores, (result, rows) in zip(score_sets, fast_rcnn_inference_many(boxes, score_sets, (h, w), 1e-4, 0.5, 50)):
+        ref, ref_rows = fast_rcnn_inference_single_image(boxes, scores, (h, w), 1e-4, 0.5, 50)
+        assert torch.equal(result.pred_boxes.tensor, ref.pred_boxes.tensor) and torch.equal(rows, ref_rows)
+
+
+def test_grouped_greedy_nms_equals_torchvision():
+    from torchvision.ops import batched_nms
+
+    from tde_det.evaluation.box_inference import greedy_nms_groups
+
+    gen = torch.Generator().manual_seed(5)
+    n = 3000
+    xy = torch.rand(n, 2, generator=gen) * 200
+    boxes = torch.cat([xy, xy + 5 + 40 * torch.rand(n, 2, generator=gen)], 1)
+    # IoU exactly at the threshold 0.5 (not suppressed: torchvision suppresses IoU > threshold)
+    boxes[:3] = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 19.99]])
+    classes = torch.randint(0, 60, (n,), generator=gen)
+    classes[:3], classes[-1] = 61, 99  # a class of 3, a class with a single box
+    for scores in (torch.rand(n, generator=gen), (torch.rand(n, generator=gen) * 20).round() / 20):  # distinct, tied
+        scores[:3] = torch.tensor([0.9, 0.8, 0.7])
+        order = torch.sort(scores, descending=True, stable=True).indices
+        order = order[torch.sort(classes[order], stable=True).indices]
+        for thresh in (0.3, 0.5, 0.7):
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[order] = greedy_nms_groups(boxes[order], classes[order], thresh)
+            assert torch.equal(keep, torch.zeros(n, dtype=torch.bool).index_fill_(0, batched_nms(boxes, scores, classes, thresh), True))
+            if thresh == 0.5:  # IoU(box 0, box 1) = 0.5 exactly: kept; IoU(box 0, box 2) > 0.5: suppressed
+                assert keep[:2].all() and not keep[2]
 
 
 def test_batched_mask_paste_equals_detectron2():

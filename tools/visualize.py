@@ -16,6 +16,7 @@ dataset also get a ground-truth panel. Runs on one process (``MODEL.DEVICE`` as 
 
 import argparse
 import os
+import re
 import sys
 
 import torch
@@ -33,6 +34,8 @@ from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer  # noqa: E402
 from tde_det.evaluation.alpha_sweep import AlphaSweep  # noqa: E402
 
+CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")  # MODEL.WEIGHTS, TEST.DETECTIONS_PER_IMAGE
+
 
 def argument_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +49,20 @@ def argument_parser():
     p.add_argument("--output", default="", help="output folder (default: OUTPUT_DIR/visualize)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
     return p
+
+
+def parse_args(argv=None):
+    """Parse the command line. ``--input`` takes the image paths after it; the first word that looks
+    like a config key (``MODEL.WEIGHTS``) starts the trailing ``KEY VALUE`` overrides."""
+    args = argument_parser().parse_args(argv)
+    if args.input:
+        n = 0
+        while n < len(args.input) and not CONFIG_KEY.fullmatch(args.input[n]):
+            n += 1
+        if n == 0:
+            raise SystemExit(f"error: --input needs image paths, got {args.input[0]!r}.")
+        args.input, args.opts = args.input[:n], args.input[n:] + list(args.opts)
+    return args
 
 
 def setup(args):
@@ -126,4 +143,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argument_parser().parse_args())
+    main(parse_args())

@@ -7,13 +7,14 @@ every α:
 
     probs_α  = tde_probs(y, b, α)                 per stage (§4; α = 0 is softmax(y) = "plain")
     scores_α = Σ_stages probs_α / num_stages      (cascade only: as Detectron2's CascadeROIHeads)
-    dets_α   = fast_rcnn_inference(boxes, scores_α, …)   (Detectron2's threshold / NMS / top-k;
-                                                         NMS on the best candidates only, same result)
+    dets_α   = fast_rcnn_inference(boxes, scores_α, …)   (Detectron2's threshold / NMS / top-k; all α
+                                                         at once, same result: :mod:`.box_inference`)
 
 A detection is a (region, class) pair: its box and its mask do not depend on α. The mask head
 (``roi_heads.forward_with_given_boxes``) therefore runs once per batch on the UNION of all α's
-detections and each α takes its rows; ``detector_postprocess`` (mask pasting, rescaling) runs per
-α, one α at a time, so memory stays bounded by one batch. Across the dataset only what the
+detections (on CPU in chunks of ``CPU_MASK_HEAD_CHUNK``) and each α takes its rows; the union's
+masks are pasted once (``detector_postprocess`` with :mod:`.mask_paste`), or per α when they would
+not fit ``PASTE_BUDGET_BYTES``, so memory stays bounded by one batch. Across the dataset only what the
 evaluators keep (the detections) grows.
 
 ``"plain"`` (``MODEL.TDE.INFERENCE plain``, the De-confound row) is softmax(y), i.e. α = 0: it is
@@ -42,7 +43,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from detectron2.evaluation import inference_context
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
@@ -50,6 +50,7 @@ from torch import nn
 
 from ..modeling.box_predictor import TDEFastRCNNOutputLayers
 from ..modeling.cosine_classifier import plain_probs, tde_probs
+from .box_inference import fast_rcnn_inference_many
 from .mask_paste import batched_mask_paste
 
 __all__ = [
@@ -72,6 +73,11 @@ PLAIN = "plain"
 # Largest size (bytes, one byte per pixel) of a batch's union of pasted masks before the sweep
 # falls back to pasting each α's masks separately.
 PASTE_BUDGET_BYTES = 1 << 30
+# CPU: the mask / keypoint head runs on at most this many detections at a time. Its activations
+# ([n, 32..256, 28, 28] and the class-specific mask logits [n, C, 28, 28]) then stay in cache:
+# 1.5-2x faster per detection at 200-400 detections on the 2-core test VM (benchmarks/
+# bench_alpha_sweep.py), same outputs bit for bit. On CUDA the union runs in one call.
+CPU_MASK_HEAD_CHUNK = 50
 # Columns of the sweep table: (title, task, LVIS metric); AP* from masks when the model has them.
 METRICS = (("AP", None, "AP"), ("AP50", None, "AP50"), ("APr", None, "APr"), ("APc", None, "APc"),
            ("APf", None, "APf"), ("APbox", "bbox", "AP"))
@@ -136,39 +142,12 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
     return predictors
 
 
-# ----------------------------------------------------------------------------- box inference
-def _nms_candidates(device) -> int:
-    """Fewest candidates for which torchvision's ``batched_nms`` takes its per-class path (CPU: more
-    than 4,000 box coordinates; CUDA: more than 100,000). Both NMS runs of
-    :func:`fast_rcnn_inference_topk` then compute IoUs on the same, unshifted coordinates."""
-    return 1001 if torch.device(device).type == "cpu" else 25001
-
-
-def fast_rcnn_inference_topk(boxes, scores, image_shape, score_thresh, nms_thresh, topk):
-    """Detectron2's ``fast_rcnn_inference_single_image`` with the same result, NMS on fewer boxes.
-
-    Greedy NMS decides a candidate from higher-scored candidates only, so NMS over the M best
-    candidates (all candidates with a score >= the M-th best) keeps exactly the full run's
-    survivors among them; when at least `topk` of them survive, they are the full run's top-k.
-    Otherwise (or with few candidates) it runs on all of them. The sweep runs NMS once per α,
-    and with LVIS's threshold of 1e-4 nearly every (region, class) pair is a candidate.
-    """
-    fg = scores[:, :-1]
-    num_candidates = int((fg > score_thresh).sum())
-    m = max(4 * topk, _nms_candidates(scores.device))
-    if topk >= 0 and num_candidates > m and torch.isfinite(scores).all() and torch.isfinite(boxes).all():
-        mth_best = fg.flatten().kthvalue(fg.numel() - m + 1).values
-        # scores > nextafter(mth_best, -inf)  <=>  scores >= mth_best
-        thresh = float(torch.nextafter(mth_best, mth_best.new_tensor(-float("inf"))))
-        result, kept = fast_rcnn_inference_single_image(
-            boxes, scores, image_shape, max(thresh, score_thresh), nms_thresh, topk
-        )
-        if len(result) >= topk:
-            return result, kept
-    return fast_rcnn_inference_single_image(boxes, scores, image_shape, score_thresh, nms_thresh, topk)
-
-
 # ----------------------------------------------------------------------------- statistics
+def mask_head_chunk(device) -> Optional[int]:
+    """Most detections per mask / keypoint head call in the sweep (None: no limit)."""
+    return CPU_MASK_HEAD_CHUNK if torch.device(device).type == "cpu" else None
+
+
 class SweepStatistics:
     """What the sweep measures besides detections, summed over regions (and over processes by :meth:`merged`).
 
@@ -400,7 +379,16 @@ class AlphaSweep:
                 start += len(dets[v][i])
         self.stats.num_detections += sum(len(dets[v][i]) for v in self.values for i in range(len(unions)))
         self.stats.num_union_detections += sum(len(u) for u in unions)
-        return heads.forward_with_given_boxes(features, unions), rows
+        chunk = mask_head_chunk(next(iter(features.values())).device)
+        if chunk is None or all(len(u) <= chunk for u in unions):
+            return heads.forward_with_given_boxes(features, unions), rows
+        outputs = []
+        for i, union in enumerate(unions):
+            image_features = {name: f[i : i + 1] for name, f in features.items()}
+            parts = [heads.forward_with_given_boxes(image_features, [union[s : s + chunk]])[0]
+                     for s in range(0, max(len(union), 1), chunk)]  # fmt: skip
+            outputs.append(Instances.cat(parts))
+        return outputs, rows
 
     def __call__(self, batched_inputs) -> SweepBatch:
         images = self.model.preprocess_image(batched_inputs)
@@ -420,17 +408,16 @@ class AlphaSweep:
         del stages
 
         last = self.predictors[-1]
-        scores_by_value, dets, kept = {}, {}, {}
-        for value in self.values:
-            scores_by_value[value] = self._scores(terms, value, counts)
-            per_image = [
-                fast_rcnn_inference_topk(
-                    b, s, size, last.test_score_thresh, last.test_nms_thresh, last.test_topk_per_image
-                )
-                for b, s, size in zip(boxes, scores_by_value[value], image_sizes)
-            ]
-            dets[value] = [r for r, _ in per_image]
-            kept[value] = [k for _, k in per_image]
+        scores_by_value = {value: self._scores(terms, value, counts) for value in self.values}
+        dets, kept = {value: [] for value in self.values}, {value: [] for value in self.values}
+        for i, (b, size) in enumerate(zip(boxes, image_sizes)):
+            per_value = fast_rcnn_inference_many(
+                b, [scores_by_value[value][i] for value in self.values], size,
+                last.test_score_thresh, last.test_nms_thresh, last.test_topk_per_image,
+            )  # fmt: skip
+            for value, (result, rows) in zip(self.values, per_value):
+                dets[value].append(result)
+                kept[value].append(rows)
         self._count_top1(scores_by_value)
         del scores_by_value, terms
         unions, rows = self._union_head_outputs(features, dets, kept)
