@@ -143,7 +143,7 @@ def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
     # Pasting each α's masks separately (paste budget 0) gives the same, and outputs() can be re-read;
     # the mask head in chunks of 7 detections too.
     separate = AlphaSweep(model, ALPHAS, paste_budget=0)
-    with torch.no_grad(), mock.patch("tde_det.evaluation.alpha_sweep.CPU_MASK_HEAD_CHUNK", 7):
+    with torch.no_grad(), mock.patch("tde_det.evaluation.alpha_sweep.MASK_HEAD_CHUNK", 7):
         sweeps = [separate(batch) for batch in batches]
     assert max(len(u) for s in sweeps for u in s.unions) > 7
     for name, a in [("plain", None), ("alpha=0.5", 0.5), ("alpha=3", 3.0)]:
@@ -389,8 +389,9 @@ def test_box_inference_for_many_score_sets_equals_detectron2():
 
 def test_grouped_greedy_nms_equals_torchvision():
     from torchvision.ops import batched_nms
+    from torchvision.ops import boxes as box_ops
 
-    from tde_det.evaluation.box_inference import greedy_nms_groups
+    from tde_det.evaluation.box_inference import PER_CLASS_NMS_MIN_BOXES, greedy_nms_groups
 
     gen = torch.Generator().manual_seed(5)
     n = 3000
@@ -410,6 +411,11 @@ def test_grouped_greedy_nms_equals_torchvision():
             assert torch.equal(keep, torch.zeros(n, dtype=torch.bool).index_fill_(0, batched_nms(boxes, scores, classes, thresh), True))
             if thresh == 0.5:  # IoU(box 0, box 1) = 0.5 exactly: kept; IoU(box 0, box 2) > 0.5: suppressed
                 assert keep[:2].all() and not keep[2]
+    # The shortcut applies where torchvision runs NMS class by class (its result is reproduced).
+    with mock.patch.object(box_ops, "_batched_nms_vanilla", wraps=box_ops._batched_nms_vanilla) as per_class:
+        for num, calls in ((PER_CLASS_NMS_MIN_BOXES, 1), (PER_CLASS_NMS_MIN_BOXES - 1, 1)):
+            batched_nms(boxes[:num], scores[:num], classes[:num], 0.5)
+            assert per_class.call_count == calls
 
 
 def test_batched_mask_paste_equals_detectron2():

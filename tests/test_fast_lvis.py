@@ -8,7 +8,6 @@ agree within 1e-6 (the precision / recall arrays too), for bbox and segm.
 import copy
 import json
 import math
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -73,7 +72,6 @@ def test_generated_data_covers_the_special_cases(synth):
     assert freqs == {"r", "c", "f"}
     annotated = {a["category_id"] for a in gt["annotations"]}
     detected = {r["category_id"] for r in results}
-    all_cats = {c["id"] for c in gt["categories"]}
     assert annotated - detected  # annotated categories without detections
     assert detected - annotated  # detections of categories never annotated
     assert any(img["neg_category_ids"] for img in gt["images"])

@@ -12,7 +12,7 @@ every α:
 
 A detection is a (region, class) pair: its box and its mask do not depend on α. The mask head
 (``roi_heads.forward_with_given_boxes``) therefore runs once per batch on the UNION of all α's
-detections (on CPU in chunks of ``CPU_MASK_HEAD_CHUNK``) and each α takes its rows; the union's
+detections (in chunks of ``MASK_HEAD_CHUNK``) and each α takes its rows; the union's
 masks are pasted once (``detector_postprocess`` with :mod:`.mask_paste`), or per α when they would
 not fit ``PASTE_BUDGET_BYTES``, so memory stays bounded by one batch. Across the dataset only what the
 evaluators keep (the detections) grows.
@@ -73,11 +73,11 @@ PLAIN = "plain"
 # Largest size (bytes, one byte per pixel) of a batch's union of pasted masks before the sweep
 # falls back to pasting each α's masks separately.
 PASTE_BUDGET_BYTES = 1 << 30
-# CPU: the mask / keypoint head runs on at most this many detections at a time. Its activations
-# ([n, 32..256, 28, 28] and the class-specific mask logits [n, C, 28, 28]) then stay in cache:
-# 1.5-2x faster per detection at 200-400 detections on the 2-core test VM (benchmarks/
-# bench_alpha_sweep.py), same outputs bit for bit. On CUDA the union runs in one call.
-CPU_MASK_HEAD_CHUNK = 50
+# The mask / keypoint head runs on at most this many detections at a time, so its activations
+# (the class-specific mask logits [n, C, 28, 28]: 3.8 MB per detection with LVIS's 1,203 classes)
+# are bounded by the chunk, not by the union of all α's detections. Same outputs bit for bit;
+# speed on CPU unchanged within noise (chunks of 50-150 vs none, demo model).
+MASK_HEAD_CHUNK = 100
 # Columns of the sweep table: (title, task, LVIS metric); AP* from masks when the model has them.
 METRICS = (("AP", None, "AP"), ("AP50", None, "AP50"), ("APr", None, "APr"), ("APc", None, "APc"),
            ("APf", None, "APf"), ("APbox", "bbox", "AP"))
@@ -143,11 +143,6 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def mask_head_chunk(device) -> Optional[int]:
-    """Most detections per mask / keypoint head call in the sweep (None: no limit)."""
-    return CPU_MASK_HEAD_CHUNK if torch.device(device).type == "cpu" else None
-
-
 class SweepStatistics:
     """What the sweep measures besides detections, summed over regions (and over processes by :meth:`merged`).
 
@@ -379,8 +374,8 @@ class AlphaSweep:
                 start += len(dets[v][i])
         self.stats.num_detections += sum(len(dets[v][i]) for v in self.values for i in range(len(unions)))
         self.stats.num_union_detections += sum(len(u) for u in unions)
-        chunk = mask_head_chunk(next(iter(features.values())).device)
-        if chunk is None or all(len(u) <= chunk for u in unions):
+        chunk = MASK_HEAD_CHUNK
+        if all(len(u) <= chunk for u in unions):
             return heads.forward_with_given_boxes(features, unions), rows
         outputs = []
         for i, union in enumerate(unions):

@@ -16,8 +16,8 @@ same results with two exact shortcuts:
 
 Each score set falls back to Detectron2's function on all candidates when a shortcut would not be
 exact: fewer than top-k survivors among the best, two equal candidate scores (the final order is
-an unstable ``torch.sort``), non-finite inputs, or few candidates (torchvision then NMSes on
-shifted coordinates: <= 1,000 boxes on CPU, 25,000 on CUDA).
+an unstable ``torch.sort``), non-finite inputs, few candidates (torchvision then NMSes once on
+class-shifted coordinates), or CUDA tensors (its CUDA kernel's IoU arithmetic is not reproduced).
 """
 
 from typing import List, Sequence, Tuple
@@ -26,16 +26,13 @@ import torch
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["fast_rcnn_inference_many", "greedy_nms_groups", "takes_per_class_path"]
+__all__ = ["fast_rcnn_inference_many", "greedy_nms_groups"]
 
 # NMS runs on the best CANDIDATES_PER_DETECTION * top-k candidates of each score set first.
 CANDIDATES_PER_DETECTION = 10
-
-
-def takes_per_class_path(num_boxes: int, device) -> bool:
-    """Whether ``torchvision.ops.batched_nms`` runs one NMS per class (rather than the shifted-
-    coordinates trick) for `num_boxes` boxes: more than 4,000 coordinates on CPU, 100,000 on CUDA."""
-    return 4 * num_boxes > (4000 if torch.device(device).type == "cpu" else 100_000)
+# On CPU, torchvision's batched_nms runs its NMS kernel class by class from this many boxes on
+# (more than 4,000 coordinates); below, once on class-shifted coordinates, which rounds differently.
+PER_CLASS_NMS_MIN_BOXES = 1001
 
 
 def greedy_nms_groups(boxes, groups, iou_threshold: float):
@@ -88,7 +85,7 @@ def fast_rcnn_inference_many(
         fg = scores[:, :-1]
         num_candidates = int((fg > score_thresh).sum())
         m = CANDIDATES_PER_DETECTION * max(topk, 1)
-        if not (exact_inputs and takes_per_class_path(num_candidates, scores.device)
+        if not (exact_inputs and scores.device.type == "cpu" and num_candidates >= PER_CLASS_NMS_MIN_BOXES
                 and m < num_candidates and bool(torch.isfinite(scores).all())):  # fmt: skip
             continue
         flat = fg.flatten()
