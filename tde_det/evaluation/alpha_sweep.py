@@ -12,9 +12,9 @@ every α:
 
 A detection is a (region, class) pair: its box and its mask do not depend on α. The mask head
 (``roi_heads.forward_with_given_boxes``) therefore runs once per batch on the UNION of all α's
-detections (in chunks of ``MASK_HEAD_CHUNK``) and each α takes its rows; the union's
-masks are pasted once (``detector_postprocess`` with :mod:`.mask_paste`), or per α when they would
-not fit ``PASTE_BUDGET_BYTES``, so memory stays bounded by one batch. Across the dataset only what the
+detections (in chunks of ``MASK_HEAD_CHUNK``) and each α takes its rows; the union's masks are
+pasted once (``detector_postprocess`` with :mod:`.mask_paste`), or per α when they would not fit
+``PASTE_BUDGET_BYTES``, so memory stays bounded by one batch. Across the dataset only what the
 evaluators keep (the detections) grows.
 
 ``"plain"`` (``MODEL.TDE.INFERENCE plain``, the De-confound row) is softmax(y), i.e. α = 0: it is
@@ -347,7 +347,8 @@ class AlphaSweep:
             self.stats.top1[v] += torch.bincount(s.argmax(dim=1), minlength=num_classes).cpu()
 
     def _union_head_outputs(self, features, dets, kept):
-        """Run the mask (and keypoint) head once on the union of all α's detections of each image.
+        """Run the mask (and keypoint) head once on the union of all α's detections of each image
+        (at most ``MASK_HEAD_CHUNK`` detections per call).
 
         dets / kept: α -> per-image Instances / region indices from ``fast_rcnn_inference``. A
         detection is the pair (region, class): its box and head outputs do not depend on α.
