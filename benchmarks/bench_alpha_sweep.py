@@ -29,9 +29,8 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import torch
 from _common import print_table, sync
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 
-from tde_det import add_tde_config
+from tde_det import get_tde_cfg
 from tde_det.engine import Trainer
 from tde_det.evaluation.alpha_sweep import AlphaSweep
 
@@ -46,10 +45,7 @@ def current_memory_mib(device):
 
 
 def build(args):
-    cfg = get_cfg()
-    add_tde_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", args.device] + args.opts)
+    cfg = get_tde_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", args.device] + args.opts)
     cfg.freeze()
     if not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise SystemExit(

@@ -16,12 +16,11 @@ import argparse
 import _common  # noqa: F401  (puts the repo on sys.path)
 import torch
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from tde_det.config import add_tde_config
+from tde_det.config import get_tde_cfg
 
 NUM_CLASSES, SIZE = 5, 128
 BASES = {
@@ -33,9 +32,7 @@ COLOURS = torch.tensor([[230, 40, 40], [40, 230, 40], [40, 40, 230], [230, 230, 
 
 def tiny_cfg(kind):
     base, heads = BASES[kind]
-    cfg = get_cfg()
-    add_tde_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file(base))
+    cfg = get_tde_cfg(model_zoo.get_config_file(base))
     # fmt: off
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NAME", heads,

@@ -78,11 +78,11 @@ def fast_rcnn_inference_many(
     """
     out = [None] * len(scores_list)
     exact_inputs = topk >= 0 and bool(torch.isfinite(boxes).all())
+    m = CANDIDATES_PER_DETECTION * max(topk, 1)
     parts = []  # (set index, filter_inds [n, 2], scores [n])
     for v, scores in enumerate(scores_list):
         fg = scores[:, :-1]
         num_candidates = int((fg > score_thresh).sum())
-        m = CANDIDATES_PER_DETECTION * max(topk, 1)
         if not (exact_inputs and scores.device.type == "cpu" and num_candidates >= PER_CLASS_NMS_MIN_BOXES
                 and m < num_candidates and bool(torch.isfinite(scores).all())):  # fmt: skip
             continue
@@ -102,7 +102,7 @@ def fast_rcnn_inference_many(
         cand_boxes = clipped[inds[:, 0], inds[:, 1] if clipped.shape[1] > 1 else 0]
         # visiting order: by (score set, class), then decreasing score, ties by candidate index
         order = torch.sort(cand_scores, descending=True, stable=True).indices
-        groups = set_of * fg.shape[1] + inds[:, 1]
+        groups = set_of * (scores_list[0].shape[1] - 1) + inds[:, 1]  # (set, class) -> one id
         order = order[torch.sort(groups[order], stable=True).indices]
         keep = torch.zeros_like(cand_scores, dtype=torch.bool)
         keep[order] = greedy_nms_groups(cand_boxes[order].float(), groups[order], nms_thresh)
