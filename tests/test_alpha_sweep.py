@@ -433,11 +433,33 @@ def test_batched_mask_paste_equals_detectron2():
         masks = torch.rand(n, 28, 28, generator=gen)
         expected = paste_masks_in_image(masks, boxes, (h, w))
         assert expected.any() and torch.equal(paste_masks_batched(masks, boxes, (h, w)), expected)
-    with batched_mask_paste():
-        import detectron2.layers
+    import detectron2.layers.mask_ops
 
+    with batched_mask_paste():
         assert detectron2.layers.paste_masks_in_image is paste_masks_batched
+        assert detectron2.layers.mask_ops.paste_masks_in_image is paste_masks_batched
     assert detectron2.layers.paste_masks_in_image is paste_masks_in_image
+    assert detectron2.layers.mask_ops.paste_masks_in_image is paste_masks_in_image
+
+
+def test_sweep_pastes_its_masks_batched(tiny):
+    """The α sweep's masks go through the batched pasting, not Detectron2's per-mask one, on whichever
+    Detectron2 is installed (v0.6 imports ``paste_masks_in_image`` from ``detectron2.layers``,
+    upstream main from ``detectron2.layers.mask_ops``): counts the calls made by the real sweep."""
+    import detectron2.layers.mask_ops as mask_ops
+
+    from tde_det.evaluation import mask_paste
+
+    _, model, _ = tiny
+    for budget in (None, 0):  # union pasted once / each α pasted separately
+        sweep = AlphaSweep(model, [1.5], **({} if budget is None else {"paste_budget": budget}))
+        with mock.patch.object(mask_paste, "_paste_chunk", wraps=mask_paste._paste_chunk) as batched, \
+                mock.patch.object(mask_ops, "_do_paste_mask", wraps=mask_ops._do_paste_mask) as per_mask, \
+                torch.no_grad():  # fmt: skip
+            outputs = [o["instances"] for batch in make_batches(1) for o in sweep(batch).outputs(1.5)]
+        assert sum(len(o) for o in outputs) > 0 and all(o.pred_masks.dtype == torch.bool for o in outputs)
+        assert batched.call_count > 0, "the sweep did not paste with tde_det's batched pasting"
+        assert per_mask.call_count == 0, "the sweep pasted masks with Detectron2's per-mask pasting"
 
 
 def test_fixed_ap_columns_appear_when_reported():

@@ -11,18 +11,23 @@ computed from the same mask and grid value, so the bit masks are identical (the 
 against Detectron2's function).
 
 :func:`batched_mask_paste` is a context manager under which Detectron2's ``ROIMasks.to_bitmasks``
-(used by ``detector_postprocess``) pastes with it.
+(used by ``detector_postprocess``) pastes with it. ``to_bitmasks`` imports the function when called,
+from ``detectron2.layers`` in v0.6 and from ``detectron2.layers.mask_ops`` in upstream main, so both
+names are swapped (a test counts the batched calls made by the real α sweep on either version).
 """
 
 import contextlib
 
 import detectron2.layers
+import detectron2.layers.mask_ops
 import torch
 from torch.nn import functional as F
 
 __all__ = ["batched_mask_paste", "paste_masks_batched"]
 
-_D2_PASTE = detectron2.layers.paste_masks_in_image
+_D2_PASTE = detectron2.layers.mask_ops.paste_masks_in_image
+# The modules whose ``paste_masks_in_image`` attribute Detectron2 versions look up at paste time.
+_PASTE_MODULES = (detectron2.layers, detectron2.layers.mask_ops)
 # float32 elements of the padded grid_sample output per chunk (64 MiB)
 CHUNK_ELEMENTS = 1 << 24
 
@@ -96,8 +101,11 @@ def _paste_chunk(masks, boxes, x0_int, y0_int, widths, heights, max_h, max_w, th
 @contextlib.contextmanager
 def batched_mask_paste():
     """Within the block, Detectron2's ``ROIMasks.to_bitmasks`` pastes with :func:`paste_masks_batched`."""
-    detectron2.layers.paste_masks_in_image = paste_masks_batched
+    saved = [m.paste_masks_in_image for m in _PASTE_MODULES]
+    for m in _PASTE_MODULES:
+        m.paste_masks_in_image = paste_masks_batched
     try:
         yield
     finally:
-        detectron2.layers.paste_masks_in_image = _D2_PASTE
+        for m, f in zip(_PASTE_MODULES, saved):
+            m.paste_masks_in_image = f
