@@ -345,6 +345,41 @@ def test_sweep_tool_rejects_missing_weights(tiny_dataset, tmp_path):
         sweep_tool.main(args)
 
 
+def test_sweep_refuses_sigmoid_ce_predictors():
+    """The sweep scores with softmax / the §4 rule: a predictor scoring with sigmoids is refused
+    (on detectron2 v0.6, which has no sigmoid CE, the attribute is set by hand)."""
+    model = build_model(tiny_cfg("standard")).eval()
+    set_means(model, 1)
+    model.roi_heads.box_predictor.use_sigmoid_ce = True
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE True.*softmax classifier only"):
+        AlphaSweep(model, [1.0])
+
+
+@pytest.mark.skipif("USE_SIGMOID_CE" not in get_cfg().MODEL.ROI_BOX_HEAD,
+                    reason="this detectron2 (v0.6) has no MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE")
+def test_sigmoid_ce_model_is_refused_by_sweep_and_visualize_tools(tiny_dataset, tmp_path):
+    sigmoid = ["MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", True, "MODEL.TDE.INFERENCE", "plain"]
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE False or MODEL.TDE.INFERENCE 'plain'"):
+        build_model(tiny_cfg("standard", "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", True))  # the predictor refuses TDE
+    model = build_model(tiny_cfg("standard", *sigmoid)).eval()  # ... and allows plain
+    set_means(model, 1)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    opts = [str(o) for o in TINY + sigmoid + ["MODEL.WEIGHTS", str(tmp_path / "model.pth"),
+            "DATASETS.TEST", f"('{tiny_dataset}',)", "DATASETS.TRAIN", "('sweeptest_train',)"]]  # fmt: skip
+    config = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_demo.yaml")
+    sweep_tool = load_tool("sweep_alpha")
+    args = sweep_tool.parse_args(
+        ["--config-file", config, "--output", str(tmp_path / "sweep"), "--alphas", "0", "1"] + opts)
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE True"):
+        sweep_tool.main(args)
+    assert not (tmp_path / "sweep" / f"alpha_sweep_{tiny_dataset}.json").exists()
+    vis_tool = load_tool("visualize")
+    args = vis_tool.argument_parser().parse_args(
+        ["--config-file", config, "--num-images", "1", "--output", str(tmp_path / "vis")] + opts)
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE True"):
+        vis_tool.main(args)
+
+
 def test_figure_alpha_picks_best_ap_with_tde():
     sweep_tool = load_tool("sweep_alpha")
     rows = metric_rows(RESULTS, [1.0, 2.0])

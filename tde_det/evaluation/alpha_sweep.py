@@ -134,6 +134,15 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
             f"{[type(p).__name__ for p in predictors] or type(getattr(heads, 'box_predictor', None)).__name__}."
         )
     for k, p in enumerate(predictors):
+        # The sweep scores with softmax (plain) and the §4 rule (α > 0); a sigmoid-CE predictor's own
+        # plain scores are per-class sigmoids and it refuses TDE, so no row would be the model's.
+        if getattr(p, "use_sigmoid_ce", False):
+            raise ValueError(
+                f"Box predictor {k} uses sigmoid cross-entropy (MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE True): "
+                "De-confound-TDE, hence every alpha of the sweep, is defined for the softmax classifier only. "
+                "Evaluate this model's plain scores with tools/train_net.py --eval-only, or train with "
+                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False to use TDE."
+            )
         if not p.cls_score.has_mean:
             raise ValueError(
                 f"The moving-average feature of box predictor {k} is all zero, so TDE is inactive and every "
