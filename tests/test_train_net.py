@@ -142,6 +142,69 @@ def test_kill_9_then_resume_keeps_checkpoints_and_mean_feature(data_root, tmp_pa
     assert f"Starting training from iteration {ckpt['iteration'] + 1}" in resumed.stdout + resumed.stderr
 
 
+def test_resume_of_a_checkpoint_written_by_detectron2_v06(trained, data_root, tmp_path):
+    """detectron2 v0.6 writes no '_trainer' entry (it saves no optimizer state); upstream main's
+    DefaultTrainer needs one. --resume continues from such a checkpoint on either detectron2."""
+    src, _ = trained
+    ckpt = torch.load(os.path.join(src, "model_0000002.pth"), map_location="cpu", weights_only=False)
+    had_optimizer = ckpt["trainer"].pop("_trainer", None) is not None  # what v0.6 never writes
+    assert set(ckpt["trainer"]) <= {"iteration", "hooks"} and ckpt["trainer"]["iteration"] == 2
+    out = tmp_path / "from_v06"
+    out.mkdir()
+    torch.save(ckpt, out / "model_0000002.pth")
+    (out / "last_checkpoint").write_text("model_0000002.pth")
+    proc = _run(data_root, "--resume", "--config-file", TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100",
+                "OUTPUT_DIR", str(out), *FAST, "DATASETS.TEST", "()")  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert "Starting training from iteration 3" in log
+    # warned only where this detectron2 would have saved the optimizer state
+    assert ("The checkpoint has no optimizer state" in log) == had_optimizer
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 3
+    # the LR schedule continued from the checkpoint's (one more step), it did not restart
+    sched = ckpt["trainer"]["hooks"]["LRScheduler"]["last_epoch"]
+    assert sched == 3 and final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == sched + 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks CPU processes (with CUDA, launch uses NCCL)")
+def test_two_cpu_processes_train_with_the_same_synced_mean(data_root, tmp_path):
+    """--num-gpus 2 on the CPU (upstream detectron2: gloo): DDP without device_ids, both ranks end with
+    the same parameters and the same x̄, which is the moving average of the GLOBAL fg mean."""
+    train_net = _train_net()
+    if not train_net._launcher_runs_without_cuda():
+        with pytest.raises(SystemExit, match="supports only CUDA GPUs"):
+            train_net.check_launch(default_argument_parser().parse_args(["--num-gpus", "2"]))
+        pytest.skip("this detectron2's launch() (v0.6) starts several processes only on CUDA GPUs (NCCL); "
+                    "train_net.py refuses --num-gpus 2 on the CPU (checked)")
+    records = tmp_path / "records"
+    records.mkdir()
+    env = dict(os.environ, DETECTRON2_DATASETS=data_root, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "_train_two_processes.py"), str(records), "--num-gpus", "2",
+         "--config-file", TINY, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100",
+         "OUTPUT_DIR", str(tmp_path / "out"), *FAST, "DATASETS.TEST", "()"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(records / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    for r in (r0, r1):
+        assert r["wrapper"] == "DistributedDataParallel" and r["device_ids"] is None
+    assert r0["params"].keys() == r1["params"].keys()
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), name
+    (name, mean0), = r0["means"].items()
+    assert torch.equal(mean0, r1["means"][name]) and mean0.abs().sum() > 0
+    # the ranks saw different regions (a per-rank x̄ would differ) ...
+    assert len(r0["local"]) == len(r1["local"]) == 3
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(r0["local"], r1["local"]))
+    # ... and x̄ is μ-averaged from the fg mean over both ranks at every step (DESIGN.md §2)
+    mu, expected = r0["momentum"][0], torch.zeros_like(mean0, dtype=torch.float64)
+    for (s0, n0), (s1, n1) in zip(r0["local"], r1["local"]):
+        if n0 + n1:
+            expected = mu * expected + (1 - mu) * (s0 + s1) / (n0 + n1)
+    torch.testing.assert_close(mean0.double(), expected, rtol=1e-4, atol=1e-6)
+
+
 # ---- errors, checked in-process (they happen before any model is built) ----
 
 

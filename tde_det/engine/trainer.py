@@ -12,28 +12,37 @@ What it adds to ``DefaultTrainer``:
   ``TEST.TDE_EVAL_PLAIN``, the same weights with ``MODEL.TDE.INFERENCE plain`` and then ``tde`` --
   prints one LVIS-style table (AP, AP50, AP75, APr, APc, APf and box AP) and records it in
   ``OUTPUT_DIR/lvis_results.json``;
-- checkpoints are written atomically (:mod:`tde_det.engine.checkpoint`).
+- checkpoints are written atomically (:mod:`tde_det.engine.checkpoint`);
+- several CPU processes (upstream detectron2's ``launch`` uses gloo without CUDA): the model is
+  wrapped in ``DistributedDataParallel`` without ``device_ids``, which DDP requires for CPU modules
+  (Detectron2's ``create_ddp_model`` passes the local rank);
+- ``--resume`` under upstream detectron2 of a run started under detectron2 v0.6, whose checkpoints
+  have no ``_trainer`` entry (v0.6 saves no optimizer state): see :meth:`Trainer.load_state_dict`.
 """
 
+import contextlib
 import logging
 import os
 from collections import OrderedDict
 
+import detectron2.engine.defaults
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_model
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data import prepare_dataset
+from ..errors import ConfigError
 from ..evaluation.lvis_evaluator import build_lvis_evaluator
 from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
 from .checkpoint import make_atomic
 from .results import format_table, update_results_json
 
-__all__ = ["Trainer", "check_config", "inference_variants", "is_tde_model"]
+__all__ = ["Trainer", "cap_num_workers", "check_config", "inference_variants", "is_tde_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +86,54 @@ def check_config(cfg, dataset_names=None):
     for name in names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset {name!r} has "
                 f"{len(classes)} classes. Set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (in the config or "
                 "as a trailing KEY VALUE override)."
             )
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available on this machine. "
             "Add the override MODEL.DEVICE cpu to run on the CPU."
         )
+
+
+@contextlib.contextmanager
+def _ddp_without_device_ids_for_cpu_models():
+    """Within the block, Detectron2's ``create_ddp_model`` (called by ``DefaultTrainer.__init__``)
+    wraps a model whose parameters are all on the CPU with ``device_ids=None``."""
+    create_ddp_model = detectron2.engine.defaults.create_ddp_model
+
+    def create_cpu_aware(model, **kwargs):
+        if "device_ids" not in kwargs and all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs["device_ids"] = None
+        return create_ddp_model(model, **kwargs)
+
+    detectron2.engine.defaults.create_ddp_model = create_cpu_aware
+    try:
+        yield
+    finally:
+        detectron2.engine.defaults.create_ddp_model = create_ddp_model
+
+
+def cap_num_workers(cfg):
+    """`cfg`, or a copy with ``DATALOADER.NUM_WORKERS`` lowered to the CPUs this process may use
+    (the limit above which torch's DataLoader warns of slowness; LVIS configs ask for 4 workers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.DATALOADER.NUM_WORKERS <= cpus:
+        return cfg
+    if cpus not in _CAPPED:
+        logger.info("DATALOADER.NUM_WORKERS is %d but this process may use %d CPUs: using %d data-loader workers.",
+                    cfg.DATALOADER.NUM_WORKERS, cpus, cpus)
+        _CAPPED.add(cpus)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = cpus
+    cfg.freeze()
+    return cfg
+
+
+_CAPPED = set()  # the info line is printed once per process
 
 
 class Trainer(DefaultTrainer):
@@ -94,19 +141,33 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_config(cfg)
-        super().__init__(cfg)
+        with _ddp_without_device_ids_for_cpu_models():
+            super().__init__(cfg)
         make_atomic(self.checkpointer)
+
+    def load_state_dict(self, state_dict):
+        """Detectron2's; a checkpoint without the ``_trainer`` entry (written by detectron2 v0.6, which
+        saves iteration and hook states but not the optimizer's) resumes here too, with the iteration
+        and LR schedule from the checkpoint and a fresh optimizer state -- as v0.6 itself resumes."""
+        if "_trainer" in state_dict or DefaultTrainer.load_state_dict is TrainerBase.load_state_dict:
+            return super().load_state_dict(state_dict)
+        logger.warning(
+            "The checkpoint has no optimizer state (no '_trainer' entry: written by detectron2 v0.6, which does "
+            "not save it). Resuming from its iteration, LR schedule and weights with a fresh optimizer state "
+            "(e.g. SGD momentum), as detectron2 v0.6 itself would."
+        )
+        TrainerBase.load_state_dict(self, state_dict)
 
     @classmethod
     def build_train_loader(cls, cfg):
         for name in cfg.DATASETS.TRAIN:
             prepare_dataset(name)
-        return super().build_train_loader(cfg)
+        return super().build_train_loader(cap_num_workers(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         prepare_dataset(dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        return super().build_test_loader(cap_num_workers(cfg), dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
