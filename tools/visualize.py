@@ -6,19 +6,32 @@
         --num-images 8 MODEL.WEIGHTS output/demo_tde_mask_rcnn/model_final.pth
     # your own images
     python tools/visualize.py --config-file CONFIG --input a.jpg b.jpg --output vis/ MODEL.WEIGHTS model.pth
+    # Grad-CAM of the 3 best TDE detections per image: plain | TDE logit, and the softmax baseline's
+    python tools/visualize.py --config-file configs/demo/tde_mask_rcnn_demo.yaml --cam --cam-top 3 \
+        --compare-weights output/demo_baseline_mask_rcnn/model_final.pth \
+        --compare-config configs/demo/baseline_mask_rcnn_demo.yaml \
+        MODEL.WEIGHTS output/demo_tde_mask_rcnn/model_final.pth
 
 Both panels come from ONE forward pass (:class:`tde_det.evaluation.alpha_sweep.AlphaSweep`): plain
 is the cosine softmax (De-confound, alpha 0), TDE the background-exempt TDE scores at ``--alpha``
 (default ``MODEL.TDE.ALPHA``). Detections with score >= ``--score-thresh`` are drawn; with
 background exemption the two are calibrated alike, so one threshold serves both. Images of a
 dataset also get a ground-truth panel. Runs on one process (``MODEL.DEVICE`` as configured).
+
+``--cam``: instead, one row per TDE detection (those drawn, or the ``--cam-top N`` best) with the
+Grad-CAM (:mod:`tde_det.evaluation.cam`: the ROI-pooled 7x7 box features upsampled into the box) of
+the plain logit y_c and of the TDE logit y_c - alpha*b_c; with ``--compare-weights/--compare-config``
+also the CAMs of a second model (e.g. the softmax baseline: plain logit only) on the same boxes.
+Panel titles: class, frequency group (r/c/f, from the dataset's LVIS json) and the model's score.
 """
 
 import argparse
+import math
 import os
 import re
 import sys
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
@@ -33,6 +46,8 @@ from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, de
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer  # noqa: E402
 from tde_det.evaluation.alpha_sweep import AlphaSweep  # noqa: E402
+from tde_det.evaluation.cam import detection_cams, has_tde_head, paste_cams  # noqa: E402
+from tde_det.evaluation.figures import lvis_category_stats  # noqa: E402
 
 CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")  # MODEL.WEIGHTS, TEST.DETECTIONS_PER_IMAGE
 
@@ -47,6 +62,11 @@ def argument_parser():
     p.add_argument("--alpha", type=float, default=None, help="alpha of the TDE panel (default: MODEL.TDE.ALPHA)")
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring >= this")
     p.add_argument("--output", default="", help="output folder (default: OUTPUT_DIR/visualize)")
+    p.add_argument("--cam", action="store_true", help="Grad-CAM per detection of the plain and the TDE logit")
+    p.add_argument("--cam-top", type=int, default=0, metavar="N",
+                   help="with --cam: the N best TDE detections per image (default: those >= --score-thresh)")
+    p.add_argument("--compare-weights", default="", metavar="FILE", help="with --cam: a second model's weights")
+    p.add_argument("--compare-config", default="", metavar="FILE", help="with --cam: the second model's config")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
     return p
 
@@ -113,8 +133,108 @@ def draw_panels(image, panels, path):
     return path
 
 
+def check_cam_args(args):
+    """Errors for --cam options that do not fit together (before anything is built)."""
+    if (args.compare_weights or args.compare_config or args.cam_top) and not args.cam:
+        raise ValueError("--cam-top, --compare-weights and --compare-config only apply with --cam; add --cam.")
+    if bool(args.compare_weights) != bool(args.compare_config):
+        raise ValueError("--compare-weights and --compare-config go together: give the second model's weights AND its config.")
+    if args.cam_top < 0:
+        raise ValueError(f"--cam-top must be >= 1 (or 0: the detections >= --score-thresh), got {args.cam_top}.")
+    for flag, path in (("--compare-weights", args.compare_weights), ("--compare-config", args.compare_config)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} file {path!r} does not exist.")
+
+
+def load_compare_model(cfg, args):
+    """(label, model in eval mode, its DatasetMapper) of --compare-weights/--compare-config, or None."""
+    if not args.compare_weights:
+        return None
+    other = get_tde_cfg(args.compare_config, ["MODEL.WEIGHTS", args.compare_weights, "MODEL.DEVICE", cfg.MODEL.DEVICE])
+    other.freeze()
+    if other.MODEL.ROI_HEADS.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(
+            f"--compare-config has MODEL.ROI_HEADS.NUM_CLASSES {other.MODEL.ROI_HEADS.NUM_CLASSES}, the main model "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: the second model must be trained on the same classes."
+        )
+    model = Trainer.build_model(other)
+    DetectionCheckpointer(model).load(other.MODEL.WEIGHTS)
+    label = os.path.splitext(os.path.basename(args.compare_config))[0]
+    return label, model.eval(), DatasetMapper(other, is_train=False)
+
+
+def class_frequency(metadata):
+    """Per class its LVIS frequency group r/c/f from the dataset's json, or None when there is none."""
+    json_file = metadata.get("json_file", None)
+    if not json_file or not os.path.isfile(json_file):
+        return None
+    freq = lvis_category_stats(json_file)["frequency"]
+    return freq if all(f in ("r", "c", "f") for f in freq) else None
+
+
+def cam_rows(model, compare, model_input, inst, alpha, metadata, frequency):
+    """Per detection [(title, CAM [H, W] in [0, 1], box XYXY)]: the main model's plain and TDE CAM,
+    then the second model's (its plain, and its TDE when it has a TDE head) on the same boxes."""
+    height, width = inst.image_size
+    boxes, classes = inst.pred_boxes.tensor, inst.pred_classes
+    names = metadata.get("thing_classes", None)
+    models = [("De-confound", model, model_input)]
+    if compare is not None:
+        label, other, mapper = compare
+        record = {k: model_input[k] for k in ("file_name", "image_id", "height", "width") if k in model_input}
+        other_input = mapper(record)
+        other_input.pop("instances", None)
+        models.append((label, other, other_input))
+    columns = []
+    for label, m, x in models:
+        cams = detection_cams(m, x, boxes, classes, alpha=alpha if has_tde_head(m) else None)
+        columns.append((f"{label}: plain y", paste_cams(cams.plain, boxes, height, width), cams.plain_scores))
+        if cams.tde is not None:
+            title = f"{label}-TDE: y-{cams.alpha:g}b" if label == "De-confound" else f"{label}: TDE y-{cams.alpha:g}b"
+            columns.append((title, paste_cams(cams.tde, boxes, height, width), cams.tde_scores))
+    rows = []
+    for r, c in enumerate(classes.tolist()):
+        name = names[c] if names and c < len(names) else f"class {c}"
+        group = f" ({frequency[c]})" if frequency else ""
+        rows.append([(f"{name}{group}: {score[r]:.2f}\n{title}", cam[r].numpy(), boxes[r].tolist())
+                     for title, cam, score in columns])  # fmt: skip
+    return rows
+
+
+def draw_cam_rows(image, rows, path):
+    """Save one row of CAM panels per detection as one PNG: jet colour map (red = strongest) over the
+    box, more opaque where the map is stronger; the white rectangle is the box."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    h, w = image.shape[:2]
+    rows = rows or [[("no detections", None, None)]]
+    ncol = max(len(r) for r in rows)
+    fig = Figure(figsize=(1.9 * ncol, (1.9 * h / w + 0.4) * len(rows)), dpi=100)
+    for i, row in enumerate(rows):
+        for j, (title, cam, box) in enumerate(row):
+            ax = fig.add_subplot(len(rows), ncol, i * ncol + j + 1)
+            ax.imshow(image)
+            if cam is not None:
+                heat = colormaps["jet"](cam)
+                x0, y0, x1, y1 = box
+                in_box = (slice(int(y0), math.ceil(y1)), slice(int(x0), math.ceil(x1)))
+                opacity = np.zeros(cam.shape)
+                opacity[in_box] = 0.15 + 0.65 * cam[in_box]
+                heat[..., 3] = opacity
+                ax.imshow(heat)
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=0.8))
+            ax.set_title(title, fontsize=6)
+            ax.axis("off")
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    fig.savefig(path)
+    return path
+
+
 def main(args):
     setup_logger(name="tde_det")
+    check_cam_args(args)
     cfg = setup(args)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "visualize")
     os.makedirs(output, exist_ok=True)
@@ -124,10 +244,20 @@ def main(args):
     alpha = cfg.MODEL.TDE.ALPHA if args.alpha is None else args.alpha
     sweep = AlphaSweep(model, [alpha])
     inputs, metadata = load_inputs(cfg, args)
+    compare = load_compare_model(cfg, args) if args.cam else None
+    frequency = class_frequency(metadata) if args.cam else None
     written = []
     for model_input, image, gt in inputs:
         with torch.no_grad():
             batch = sweep([model_input])
+        name = os.path.splitext(os.path.basename(model_input.get("file_name", str(model_input["image_id"]))))[0]
+        if args.cam:
+            inst = batch.outputs(alpha)[0]["instances"].to("cpu")
+            inst = inst[inst.scores.argsort(descending=True)]
+            inst = inst[: args.cam_top] if args.cam_top else inst[inst.scores >= args.score_thresh]
+            rows = cam_rows(model, compare, model_input, inst, alpha, metadata, frequency)
+            written.append(draw_cam_rows(image, rows, os.path.join(output, f"{name}_alpha{alpha:g}_cam.png")))
+            continue
         panels = []
         for title, a in (("plain (De-confound)", None), (f"De-confound-TDE, alpha={alpha:g}", alpha)):
             inst = batch.outputs(a)[0]["instances"].to("cpu")
@@ -136,7 +266,6 @@ def main(args):
             panels.append((f"{title}: {len(inst)} detections", drawn))
         if gt is not None and gt.get("annotations") is not None:
             panels.append(("ground truth", Visualizer(image, metadata).draw_dataset_dict(gt).get_image()))
-        name = os.path.splitext(os.path.basename(model_input.get("file_name", str(model_input["image_id"]))))[0]
         written.append(draw_panels(image, panels, os.path.join(output, f"{name}_alpha{alpha:g}.png")))
     print(f"Wrote {len(written)} image(s) to {output}")
     return written
