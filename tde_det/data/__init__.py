@@ -3,11 +3,12 @@ and up-front checks that LVIS files exist."""
 
 from .builtin import DEMO_DATASETS, register_demo_lt
 from .checks import DatasetFilesMissing, missing_files, prepare_dataset
-from .demo_lt import DEMO_SPEC, TINY_SPEC, DemoSpec, ensure_generated, lvis_frequency
+from .demo_lt import DEMO_SPEC, FINE_SPEC, TINY_SPEC, DemoSpec, ensure_generated, lvis_frequency
 
 __all__ = [
     "DEMO_DATASETS",
     "DEMO_SPEC",
+    "FINE_SPEC",
     "TINY_SPEC",
     "DatasetFilesMissing",
     "DemoSpec",

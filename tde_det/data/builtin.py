@@ -4,6 +4,8 @@ Registered on import (cheap: nothing is generated until a dataset is first used)
 
     tde_demo_lt_train / tde_demo_lt_val            48 classes, $DETECTRON2_DATASETS/tde_demo_lt
     tde_demo_lt_tiny_train / tde_demo_lt_tiny_val   6 classes, $DETECTRON2_DATASETS/tde_demo_lt_tiny
+    tde_demo_lt_fine_train / tde_demo_lt_fine_val   40 classes, fine-grained tail (FINE_SPEC),
+                                                    $DETECTRON2_DATASETS/tde_demo_lt_fine
 
 ``DETECTRON2_DATASETS`` defaults to ``datasets`` (relative to the working directory), as in
 Detectron2. The metadata carries ``json_file``, ``image_root``, ``evaluator_type="lvis"`` and
@@ -15,7 +17,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
 
-from .demo_lt import DEMO_SPEC, TINY_SPEC, ensure_generated
+from .demo_lt import DEMO_SPEC, FINE_SPEC, TINY_SPEC, ensure_generated
 
 # dataset name -> (cache root, spec); read by prepare_dataset() to generate on first use.
 DEMO_DATASETS = {}
@@ -43,6 +45,7 @@ def register_demo_lt(prefix, root, spec=DEMO_SPEC):
 def register_all_demo(datasets_root):
     register_demo_lt("tde_demo_lt", os.path.join(datasets_root, "tde_demo_lt"), DEMO_SPEC)
     register_demo_lt("tde_demo_lt_tiny", os.path.join(datasets_root, "tde_demo_lt_tiny"), TINY_SPEC)
+    register_demo_lt("tde_demo_lt_fine", os.path.join(datasets_root, "tde_demo_lt_fine"), FINE_SPEC)
 
 
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))

@@ -13,6 +13,15 @@ image's ``neg_category_ids`` lists every category absent from it (exhaustive neg
 ``not_exhaustive_category_ids`` is empty: LVIS's federated evaluation then counts every false
 positive, as COCO's would.
 
+The fine-grained variant (``FINE_SPEC``, a spec with ``cues``) mimics LVIS's tail, where many rare
+categories are near neighbours of a frequent one: classes come in families, one per (shape, colour)
+pair of ``families``. Each family has one frequent *base* class (``family_images``: a geometric
+ramp of training images, all > 100) and one rare-or-common class per cue in ``cues`` (the
+``max_images``..``min_images`` ramp, all <= 100): the same outline and colour with one subtle
+mark -- ``dot`` (a small dark dot inside), ``stripes`` (faint darker stripes), ``hue`` (the hue
+turned by ``hue_shift`` degrees) or ``outline`` (a thin dark border). Masks are the outline in every
+case, so a variant differs from its base only in appearance inside the box.
+
 Layout written under ``root`` (Detectron2's LVIS loader finds an image from the last two parts
 of its ``coco_url``, so image_root is ``root + "/"``)::
 
@@ -21,6 +30,7 @@ of its ``coco_url``, so image_root is ``root + "/"``)::
     root/SPEC.json              (the spec that produced the files; a different spec regenerates)
 """
 
+import colorsys
 import dataclasses
 import json
 import logging
@@ -97,17 +107,64 @@ class DemoSpec:
     image_size: tuple = (112, 160)  # min/max image side, pixels
     object_radius: tuple = (9.0, 22.0)  # min/max half-size of an object, pixels
     seed: int = 0
+    # Fine-grained variant (empty `cues` = the plain shape x colour design above):
+    cues: tuple = ()  # per family, one rare/common class per cue (see CUES); `max_images`..`min_images` ramp
+    families: tuple = ()  # (shape, colour) of each family; its base class is frequent
+    family_images: tuple = (400, 130)  # training images of the most / least frequent base class
+    hue_shift: float = 25.0  # degrees the "hue" cue turns the family colour
+
+    def __post_init__(self):
+        if self.cues:
+            unknown = [c for c in self.cues if c not in CUES]
+            if unknown or not self.families:
+                raise ValueError(f"DemoSpec: cues must be a subset of {CUES} (got unknown {unknown}) and "
+                                 f"families must list (shape, colour) pairs (got {self.families!r}).")
+            for shape, colour in self.families:
+                if shape not in SHAPES or colour not in COLOURS:
+                    raise ValueError(f"DemoSpec: family ({shape!r}, {colour!r}) needs a shape of {SHAPES} and "
+                                     f"a colour of {tuple(COLOURS)}.")
 
     @property
     def class_names(self):
+        if self.cues:
+            return [f"{c}_{s}" + (f"_{cue}" if cue else "") for s, c in self.families for cue in ("",) + self.cues]
         return [f"{c}_{s}" for s in self.shapes for c in self.colours]
 
+    def appearance(self, index):
+        """(shape, RGB colour as float array [3], cue or None) of the class with 0-based `index`."""
+        if not self.cues:
+            shape, colour, cue = self.shapes[index // len(self.colours)], self.colours[index % len(self.colours)], None
+        else:
+            (shape, colour), k = self.families[index // (len(self.cues) + 1)], index % (len(self.cues) + 1)
+            cue = self.cues[k - 1] if k else None
+        rgb = np.array(COLOURS[colour], dtype=np.float64)
+        if cue == "hue":
+            h, s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
+            rgb = np.array(colorsys.hsv_to_rgb((h + self.hue_shift / 360.0) % 1.0, s, v)) * 255.0
+        return shape, rgb, cue
+
+    def neighbour(self, index):
+        """0-based index of the frequent base class that class `index` is a variant of (itself for a
+        base class); None in the plain design."""
+        if not self.cues:
+            return None
+        return index - index % (len(self.cues) + 1)
+
     def train_image_counts(self):
-        """Training images per category (index = category id - 1): a geometric ramp over a seeded rank order."""
-        n = len(self.shapes) * len(self.colours)
-        ranks = np.random.RandomState(self.seed).permutation(n)
-        ramp = self.max_images * (self.min_images / self.max_images) ** (np.arange(n) / max(n - 1, 1))
-        return [int(round(v)) for v in ramp[ranks]]
+        """Training images per category (index = category id - 1): a geometric ramp over a seeded rank order
+        (fine-grained: one ramp over the base classes, one over the variants)."""
+        def ramp(n, hi, lo, seed):
+            ranks = np.random.RandomState(seed).permutation(n)
+            values = hi * (lo / hi) ** (np.arange(n) / max(n - 1, 1))
+            return [int(round(v)) for v in values[ranks]]
+
+        if not self.cues:
+            return ramp(len(self.shapes) * len(self.colours), self.max_images, self.min_images, self.seed)
+        per = len(self.cues) + 1
+        bases = ramp(len(self.families), self.family_images[0], self.family_images[1], self.seed)
+        variants = ramp(len(self.families) * len(self.cues), self.max_images, self.min_images, self.seed + 1)
+        return [bases[i // per] if i % per == 0 else variants[(i // per) * len(self.cues) + i % per - 1]
+                for i in range(len(self.families) * per)]
 
     def val_image_counts(self):
         return [
@@ -115,7 +172,21 @@ class DemoSpec:
         ]
 
 
+CUES = ("dot", "stripes", "hue", "outline")
 DEMO_SPEC = DemoSpec()
+# The fine-grained long-tailed set: 8 families x (1 frequent base + 4 rare/common variants) = 40
+# classes. Val: every class in clip(round(0.25 * train images), 12, 30) images (flatter than train).
+FINE_SPEC = DemoSpec(
+    max_images=90,
+    min_images=2,
+    val_min=12,
+    val_max=30,
+    cues=CUES,
+    families=(("circle", "red"), ("square", "green"), ("triangle", "blue"), ("star", "yellow"),
+              ("cross", "magenta"), ("crescent", "cyan"), ("ell", "red"), ("arrow", "green")),
+    family_images=(320, 130),
+    seed=3,
+)
 # A few hundred 64-96 px images, 6 classes with all three frequency groups: for tests and smoke runs.
 TINY_SPEC = DemoSpec(
     shapes=("circle", "square", "triangle"),
@@ -181,6 +252,40 @@ def _place(radius_range, h, w, rng, boxes):
     return None
 
 
+# A point well inside each outline (unit coordinates) where the "dot" cue goes.
+_ANCHORS = {"circle": (0.0, 0.0), "square": (0.0, 0.0), "triangle": (0.0, 0.25), "star": (0.0, 0.05),
+            "cross": (0.0, 0.0), "crescent": (-0.5, 0.0), "ell": (-0.52, 0.6), "arrow": (-0.2, 0.0)}
+
+
+def _apply_cue(cue, shade, shape, pts, theta, aspect, r, cx, cy, h, w):
+    """The object's colour field [h, w, 3] (or [1|h, 1, 3], broadcast) with the cue drawn into it.
+    Deterministic given the object's placement (no random numbers: the plain design's images stay
+    bit-identical)."""
+    shade = np.broadcast_to(shade, (h, w, 3)).copy()
+    if cue == "hue":  # the colour itself was turned in DemoSpec.appearance
+        return shade
+    if cue == "dot":
+        ax, ay = _ANCHORS[shape]
+        rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        px, py = rot @ np.array([ax * aspect, ay / aspect]) * r + np.array([cx, cy])
+        yy, xx = np.mgrid[0:h, 0:w]
+        inside = (xx - px) ** 2 + (yy - py) ** 2 <= max(0.22 * r, 1.6) ** 2
+        shade[inside] *= 0.3
+    elif cue == "stripes":
+        yy, xx = np.mgrid[0:h, 0:w]
+        period = max(0.42 * r, 3.5)
+        phase = ((xx - cx) * np.cos(theta + 0.8) + (yy - cy) * np.sin(theta + 0.8)) / period
+        shade[(phase % 1.0) < 0.4] *= 0.72
+    elif cue == "outline":
+        layer = np.zeros((h, w), np.uint8)
+        cv2.polylines(layer, [np.round(pts * 16).astype(np.int32)], True, 255, thickness=1,
+                      lineType=cv2.LINE_AA, shift=4)
+        shade *= 1.0 - 0.7 * (layer.astype(np.float64) / 255.0)[..., None]
+    else:
+        raise ValueError(f"Unknown cue {cue!r}; known cues: {CUES}")
+    return shade
+
+
 def _render_split(split, image_classes, spec, start_image_id, rng, image_dir):
     """Draw the images of one split; returns (images, annotations) in LVIS json form."""
     images, annotations = [], []
@@ -199,8 +304,7 @@ def _render_split(split, image_classes, spec, start_image_id, rng, image_dir):
                 continue
             cx, cy, r, box = placed
             boxes.append(box)
-            shape = spec.shapes[c // len(spec.colours)]
-            colour = np.array(COLOURS[spec.colours[c % len(spec.colours)]], dtype=np.float64)
+            shape, colour, cue = spec.appearance(c)
             theta = rng.uniform(-0.4, 0.4)
             aspect = rng.uniform(0.85, 1.15)
             pts = _shape_polygon(shape) * np.array([aspect, 1.0 / aspect])
@@ -212,6 +316,8 @@ def _render_split(split, image_classes, spec, start_image_id, rng, image_dir):
             cv2.fillPoly(layer, [np.round(pts * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
             alpha = (layer.astype(np.float64) / 255.0)[..., None]
             shade = colour + rng.uniform(-18, 18, size=3) + np.linspace(-12, 12, h)[:, None, None] * rng.uniform(-1, 1)
+            if cue is not None:
+                shade = _apply_cue(cue, shade, shape, pts, theta, aspect, r, cx, cy, h, w)
             canvas = canvas * (1 - alpha) + shade * alpha
             poly = [round(float(v), 2) for v in pts.reshape(-1)]
             rle = mask_util.frPyObjects([poly], h, w)
@@ -305,8 +411,15 @@ def generate(root, spec=DEMO_SPEC):
     )
 
 
+_FINE_FIELDS = ("cues", "families", "family_images", "hue_shift")
+
+
 def _spec_record(spec):
-    return {"generator_version": GENERATOR_VERSION, "spec": dataclasses.asdict(spec)}
+    record = dataclasses.asdict(spec)
+    if not spec.cues:  # the plain design's record (and so its existing caches) predates these fields
+        for name in _FINE_FIELDS:
+            record.pop(name)
+    return {"generator_version": GENERATOR_VERSION, "spec": record}
 
 
 def _write_spec(root, spec):
@@ -380,7 +493,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Generate the long-tailed demo dataset.")
     parser.add_argument("root", help="output directory (e.g. datasets/tde_demo_lt)")
     parser.add_argument("--tiny", action="store_true", help="the tiny 6-class variant used by tests")
+    parser.add_argument("--fine", action="store_true", help="the fine-grained 40-class variant (FINE_SPEC)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    ensure_generated(args.root, TINY_SPEC if args.tiny else DEMO_SPEC)
+    ensure_generated(args.root, TINY_SPEC if args.tiny else FINE_SPEC if args.fine else DEMO_SPEC)
     print(summary(os.path.join(args.root, "annotations")))

@@ -1,0 +1,107 @@
+"""benchmarks/tde_study.py: the held-out split, the study JSON (schema, resume) and the mean ± std table."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import tde_study  # noqa: E402
+
+METRICS = ("AP", "AP50", "APr", "APc", "APf", "APbox", "AP_fixed")
+
+
+def _run(dataset, model, seed, ap, rule=None, alpha=None, apr=None):
+    metrics = {m: ap + k for k, m in enumerate(METRICS)}
+    if apr is not None:
+        metrics["APr"] = apr
+    return {"dataset": dataset, "model": model, "alpha": alpha, "alpha_rule": rule, "seed": seed, "metrics": metrics}
+
+
+def _deconfound(dataset, seed, plain_ap, tde_ap):
+    return [_run(dataset, "plain", seed, plain_ap)] + [
+        _run(dataset, "tde", seed, tde_ap, rule, a) for rule, a in (("paper", 1.5), ("heuristic", 1.1), ("heldout", 0.5))
+    ]
+
+
+def test_heldout_split_is_deterministic_disjoint_and_keeps_every_class():
+    # 40 images; class 1 in every image, class 2 in images 0-1 only, class 3 in images 0-9
+    images = [{"id": i} for i in range(40)]
+    anns = [{"image_id": i, "category_id": 1} for i in range(40)]
+    anns += [{"image_id": i, "category_id": 2} for i in range(2)] + [{"image_id": i, "category_id": 3} for i in range(10)]
+    train = {"images": images, "annotations": anns}
+    fit, held = tde_study.heldout_split(train, fraction=0.25, seed=3)
+    assert (fit, held) == tde_study.heldout_split(train, fraction=0.25, seed=3)
+    assert sorted(fit + held) == list(range(40)) and not set(fit) & set(held)
+    assert len(held) == 10
+    for c in (1, 2, 3):  # every class keeps >= 1 training image
+        assert any(a["category_id"] == c and a["image_id"] in set(fit) for a in anns)
+    assert tde_study.heldout_split(train, fraction=0.25, seed=4) != (fit, held)
+    with pytest.raises(ValueError, match="fraction"):
+        tde_study.heldout_split(train, fraction=1.5)
+
+
+def test_check_study_rejects_schema_violations():
+    good = {"runs": [_run("demo", "softmax", 0, 10.0)] + _deconfound("demo", 0, 20.0, 19.0)}
+    tde_study.check_study(good)
+    bad_cases = [
+        {"rows": []},
+        {"runs": [dict(_run("demo", "softmax", 0, 1.0), extra=1)]},
+        {"runs": [_run("demo", "tde", 0, 1.0)]},  # tde without alpha / rule
+        {"runs": [_run("demo", "plain", 0, 1.0, "paper", 1.5)]},  # plain with a rule
+        {"runs": [_run("demo", "cosine", 0, 1.0)]},
+        {"runs": [dict(_run("demo", "softmax", 0, 1.0), seed="0")]},
+        {"runs": [dict(_run("demo", "softmax", 0, 1.0), metrics={"AP": 1.0})]},
+    ]
+    for bad in bad_cases:
+        with pytest.raises(ValueError):
+            tde_study.check_study(bad)
+
+
+def test_append_runs_resume_and_plan(tmp_path):
+    path = str(tmp_path / "study.json")
+    assert tde_study.load_study(path) == {"runs": []}
+    assert not tde_study.unit_done({"runs": []}, "demo", "softmax", 0)
+    tde_study.append_runs(path, [_run("demo", "softmax", 0, 10.0)])
+    data = tde_study.append_runs(path, _deconfound("demo", 0, 20.0, 19.0)[:2])  # a partly written unit
+    assert tde_study.unit_done(data, "demo", "softmax", 0)
+    assert not tde_study.unit_done(data, "demo", "deconfound", 0)
+    assert not tde_study.unit_done(data, "demo", "softmax", 1) and not tde_study.unit_done(data, "fine", "softmax", 0)
+    data = tde_study.append_runs(path, _deconfound("demo", 0, 21.0, 18.0))  # re-run replaces, no duplicates
+    assert tde_study.unit_done(data, "demo", "deconfound", 0)
+    assert len(data["runs"]) == 5 and json.load(open(path)) == data
+    assert [r["metrics"]["AP"] for r in data["runs"] if r["model"] == "plain"] == [21.0]
+    # seed-major order: both data sets and models of seed 0 before any of seed 1
+    units = tde_study.plan([0, 1, 2], ["demo", "fine"])
+    assert units[:4] == [("demo", "softmax", 0), ("demo", "deconfound", 0), ("fine", "softmax", 0),
+                         ("fine", "deconfound", 0)]
+    assert [u[2] for u in units] == [0] * 4 + [1] * 4 + [2] * 4
+    with open(path, "w") as f:
+        json.dump({"runs": [{"dataset": "demo"}]}, f)
+    with pytest.raises(ValueError, match="run 0"):
+        tde_study.load_study(path)
+
+
+def test_mean_std_table_and_paired_differences():
+    runs = []
+    for seed, (soft, plain, tde) in enumerate([(10.0, 20.0, 19.0), (12.0, 22.0, 23.0), (14.0, 24.0, 21.0)]):
+        runs.append(_run("demo", "softmax", seed, soft))
+        runs += _deconfound("demo", seed, plain, tde)
+    runs.append(_run("fine", "softmax", 0, 5.0))
+    data = {"runs": runs}
+    table = tde_study.mean_std_table(data, "demo").splitlines()
+    assert table[0].startswith("| model | α rule | seeds |")
+    assert len(table) == 2 + 5
+    softmax = table[2].split("|")
+    # AP 10, 12, 14 -> mean 12.0, sample std 2.0; AP50 = AP + 1 -> 13.0 ± 2.0; 3 seeds
+    assert softmax[3].strip() == "3" and softmax[5].strip() == "12.0 ± 2.0" and softmax[6].strip() == "13.0 ± 2.0"
+    paper = next(line for line in table if "| paper |" in line).split("|")
+    # TDE AP 19, 23, 21 -> 21.0 ± 2.0; alphas listed per seed
+    assert paper[5].strip() == "21.0 ± 2.0" and paper[4].strip() == "1.50, 1.50, 1.50"
+    fine = tde_study.mean_std_table(data, "fine").splitlines()
+    assert len(fine) == 3 and fine[2].split("|")[5].strip() == "5.0"  # one seed: no std
+    diffs = tde_study.paired_differences(data, "demo")
+    assert diffs["paper"] == [-1.0, 1.0, -3.0] and diffs["heldout"] == [-1.0, 1.0, -3.0]
+    text = tde_study.format_tables(data)
+    assert "AP paper -1.0 ± 2.0" in text and "**fine**" in text
