@@ -1,6 +1,12 @@
 """Config keys added by tde_det. Every key has a default and a one-line comment."""
 
+import contextlib
+import os
+
+import yaml
 from detectron2.config import CfgNode as CN
+
+from .errors import ConfigError, FilesMissing
 
 
 def add_tde_config(cfg):
@@ -35,12 +41,29 @@ def add_tde_config(cfg):
 
 def get_tde_cfg(config_file=None, opts=()):
     """Detectron2's default config with the tde_det keys, then `config_file` and the ``KEY VALUE``
-    overrides `opts` merged in (an unknown key is Detectron2's error). Not frozen."""
+    overrides `opts` merged in. Not frozen. A missing file, YAML error, unknown key, odd override
+    list or wrong value type is a ConfigError with Detectron2's (yacs') message."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_tde_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+        if "://" not in config_file and not os.path.isfile(config_file):
+            raise FilesMissing(f"config file {config_file!r} does not exist (--config-file).")
+        with _config_error(f"in {config_file}"):
+            cfg.merge_from_file(config_file)
+    with _config_error("in the trailing KEY VALUE overrides"):
+        cfg.merge_from_list(list(opts))
     return cfg
+
+
+@contextlib.contextmanager
+def _config_error(where):
+    """yacs' errors while merging (KeyError, AssertionError, ValueError, YAML) as a ConfigError."""
+    try:
+        yield
+    except (KeyError, AssertionError, ValueError, yaml.YAMLError) as e:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        hint = (" (the keys are Detectron2's, detectron2/config/defaults.py, plus tde_det's in tde_det/config.py)"
+                if "Non-existent" in text else "")
+        raise ConfigError(f"{where}: {text}{hint}") from e

@@ -232,14 +232,16 @@ def test_num_classes_mismatch_names_both(tmp_path):
         _setup("--config-file", TINY, "--eval-only", "MODEL.ROI_HEADS.NUM_CLASSES", "7", "OUTPUT_DIR", str(tmp_path))
 
 
-def test_unknown_config_key_is_detectron2s_error(tmp_path):
-    # a typo in a trailing override: yacs' assertion, via Detectron2's CfgNode
-    with pytest.raises(AssertionError, match="Non-existent key: MODEL.TDE.ALPHAA"):
+def test_unknown_config_key_is_a_config_error(tmp_path):
+    from tde_det.errors import ConfigError
+
+    # a typo in a trailing override: yacs' message, via Detectron2's CfgNode
+    with pytest.raises(ConfigError, match="Non-existent key: MODEL.TDE.ALPHAA"):
         _setup("--config-file", TINY, "MODEL.TDE.ALPHAA", "2.0", "OUTPUT_DIR", str(tmp_path))
     # a typo in a config file
     bad = tmp_path / "bad.yaml"
     bad.write_text(f'_BASE_: "{TINY}"\nMODEL:\n  TDE:\n    ALPHAA: 2.0\n')
-    with pytest.raises(KeyError, match="Non-existent config key: MODEL.TDE.ALPHAA"):
+    with pytest.raises(ConfigError, match="Non-existent config key: MODEL.TDE.ALPHAA"):
         _setup("--config-file", str(bad), "OUTPUT_DIR", str(tmp_path))
 
 
@@ -260,7 +262,7 @@ def test_missing_lvis_is_reported_before_building_the_model(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA messages")
 def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
-    with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
+    with pytest.raises(ValueError, match="MODEL.DEVICE cpu"):  # a ConfigError
         _setup("--config-file", TINY, "MODEL.DEVICE", "cuda", "OUTPUT_DIR", str(tmp_path))
 
 

@@ -37,7 +37,9 @@ _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_TOOLS, ".."))
 sys.path.insert(0, _TOOLS)
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
-from tde_det.engine import Trainer, check_config  # noqa: E402
+from tde_det.engine import Trainer, check_config, cli  # noqa: E402
+from tde_det.engine.results import strict_json  # noqa: E402
+from tde_det.errors import ConfigError  # noqa: E402
 from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
 from tde_det.evaluation.alpha_sweep import (  # noqa: E402
     check_alphas,
@@ -69,7 +71,7 @@ def argument_parser():
                              "(default: the swept alpha > 0 with the best AP)")
     parser.add_argument("--save-detections", action="store_true",
                         help="also let each alpha's evaluator write its detections (large on LVIS)")
-    return parser
+    return cli.add_arguments(parser)
 
 
 def parse_args(argv=None):
@@ -101,18 +103,30 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
     check_config(cfg, list(cfg.DATASETS.TEST))
+    require_weights(cfg)
+    return cfg
+
+
+def require_weights(cfg):
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError(
+        raise ConfigError(
             "MODEL.WEIGHTS is empty: the alpha sweep evaluates a TRAINED De-confound-TDE model. Add the "
             "override MODEL.WEIGHTS path/to/model_final.pth (e.g. output/demo_tde_mask_rcnn/model_final.pth)."
         )
-    return cfg
+
+
+def preflight(args):
+    """Before ``launch``, so before any model is built: config, weights and the data check of
+    DATASETS.TEST (``--skip-data-check`` skips the data part)."""
+    cfg = get_tde_cfg(args.config_file, args.opts)
+    require_weights(cfg)
+    cli.preflight(cfg, cfg.DATASETS.TEST, cfg.DATASETS.TEST, skip_data_check=args.skip_data_check)
 
 
 def build_evaluator(cfg, dataset_name, output_dir):
     """The project's LVIS evaluator (``TEST.LVIS_EVAL``); `output_dir` None writes no detection files."""
     if MetadataCatalog.get(dataset_name).get("evaluator_type") != "lvis":
-        raise ValueError(f"The alpha sweep evaluates LVIS-format datasets; {dataset_name!r} is not one.")
+        raise ConfigError(f"The alpha sweep evaluates LVIS-format datasets; {dataset_name!r} is not one.")
     return build_lvis_evaluator(cfg, dataset_name, output_dir)
 
 
@@ -135,7 +149,7 @@ def report(cfg, args, dataset_name, result):
     record.update(dataset=dataset_name, weights=cfg.MODEL.WEIGHTS, config_file=args.config_file)
     paths = {"json": os.path.join(out, f"alpha_sweep_{dataset_name}.json")}
     with open(paths["json"], "w") as f:
-        json.dump(record, f, indent=2, default=float)
+        json.dump(strict_json(record), f, indent=2, default=float, allow_nan=False)
 
     paths["curves"] = plot_alpha_curves(
         rows, os.path.join(out, f"alpha_curves_{dataset_name}.png"), result.heuristic_alpha,
@@ -165,7 +179,7 @@ def report(cfg, args, dataset_name, result):
 def main(args):
     cfg = setup(args)
     if args.figure_alpha is not None and args.figure_alpha not in [float(a) for a in args.alphas]:
-        raise ValueError(f"--figure-alpha {args.figure_alpha:g} is not one of --alphas {args.alphas}.")
+        raise ConfigError(f"--figure-alpha {args.figure_alpha:g} is not one of --alphas {args.alphas}.")
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
     records = OrderedDict()
@@ -184,11 +198,13 @@ def main(args):
 
 if __name__ == "__main__":
     args = parse_args()
-    check_launch(args)
-    try:
-        check_alphas(args.alphas)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    logger.info("Command Line Args: %s", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    with cli.exit_on_user_error(args.debug):
+        check_launch(args)
+        try:
+            check_alphas(args.alphas)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        preflight(args)
+        logger.info("Command Line Args: %s", args)
+        launch(cli.in_worker(main, args.debug), args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

@@ -33,7 +33,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
-from tde_det.engine import Trainer, check_config  # noqa: E402
+from tde_det.engine import Trainer, check_config, cli  # noqa: E402
 
 
 def setup(args):
@@ -44,11 +44,24 @@ def setup(args):
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
     # Fail before building the model: class count, device, and the data files (the demo set is
     # generated here on first use).
-    names = list(cfg.DATASETS.TEST) if args.eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    names = dataset_names(cfg, args.eval_only)
     check_config(cfg, names)
     for name in names:
         prepare_dataset(name)
     return cfg
+
+
+def dataset_names(cfg, eval_only):
+    """The datasets a run reads: DATASETS.TEST with --eval-only, else DATASETS.TRAIN + TEST."""
+    return list(cfg.DATASETS.TEST) if eval_only else list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+
+
+def preflight(args):
+    """Before ``launch``, so before any model is built: config, weights and the data check (every
+    image file, vocabulary, federated labels; ``--skip-data-check`` skips the data part)."""
+    cfg = get_tde_cfg(args.config_file, args.opts)
+    cli.preflight(cfg, dataset_names(cfg, args.eval_only), cfg.DATASETS.TEST,
+                  skip_data_check=args.skip_data_check, weights=not args.resume)
 
 
 def main(args):
@@ -87,14 +100,16 @@ def check_launch(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    check_launch(args)
-    logging.getLogger(__name__).info("Command Line Args: %s", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    args = cli.add_arguments(default_argument_parser()).parse_args()
+    with cli.exit_on_user_error(args.debug):
+        check_launch(args)
+        preflight(args)
+        logging.getLogger(__name__).info("Command Line Args: %s", args)
+        launch(
+            cli.in_worker(main, args.debug),
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

@@ -44,7 +44,8 @@ from matplotlib.figure import Figure
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
-from tde_det.engine import Trainer  # noqa: E402
+from tde_det.engine import Trainer, cli  # noqa: E402
+from tde_det.errors import ConfigError, FilesMissing  # noqa: E402
 from tde_det.evaluation.alpha_sweep import AlphaSweep  # noqa: E402
 from tde_det.evaluation.cam import detection_cams, has_tde_head, paste_cams  # noqa: E402
 from tde_det.evaluation.figures import lvis_category_stats  # noqa: E402
@@ -67,6 +68,7 @@ def argument_parser():
                    help="with --cam: the N best TDE detections per image (default: those >= --score-thresh)")
     p.add_argument("--compare-weights", default="", metavar="FILE", help="with --cam: a second model's weights")
     p.add_argument("--compare-config", default="", metavar="FILE", help="with --cam: the second model's config")
+    cli.add_arguments(p, data_check=False)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
     return p
 
@@ -89,7 +91,8 @@ def setup(args):
     cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: add the override MODEL.WEIGHTS path/to/model_final.pth.")
+        raise ConfigError("MODEL.WEIGHTS is empty: add the override MODEL.WEIGHTS path/to/model_final.pth.")
+    cli.check_weights(cfg)
     return cfg
 
 
@@ -101,13 +104,13 @@ def load_inputs(cfg, args):
         records = []
         for i, path in enumerate(args.input):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"--input image {path!r} does not exist.")
+                raise FilesMissing(f"--input image {path!r} does not exist.")
             h, w = utils.read_image(path).shape[:2]
             records.append(({"file_name": path, "image_id": i, "height": h, "width": w}, None))
     else:
         dataset_name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
         if not dataset_name:
-            raise ValueError("No images: pass --input IMAGE ... or --dataset NAME (DATASETS.TEST is empty).")
+            raise ConfigError("No images: pass --input IMAGE ... or --dataset NAME (DATASETS.TEST is empty).")
         prepare_dataset(dataset_name)
         records = [(dict(d), d) for d in DatasetCatalog.get(dataset_name)[: max(args.num_images, 0)]]
     out = []
@@ -272,4 +275,6 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    args = parse_args()
+    with cli.exit_on_user_error(args.debug):
+        main(args)

@@ -3,13 +3,16 @@
 One row per evaluated model variant (softmax baseline, De-confound "plain", De-confound-TDE);
 mask AP columns then box AP columns, in percent as Detectron2's LVISEvaluator reports them.
 LVIS reports -1 for a frequency group with no category in the split; shown here as "-".
+The JSON record is strict JSON: an undefined value (NaN, e.g. the AP of a category without ground
+truth) is written as null.
 """
 
 import json
 import math
+import numbers
 import os
 
-__all__ = ["COLUMNS", "format_table", "update_results_json", "RESULTS_FILE"]
+__all__ = ["COLUMNS", "format_table", "update_results_json", "RESULTS_FILE", "strict_json"]
 
 RESULTS_FILE = "lvis_results.json"
 
@@ -63,11 +66,23 @@ def format_table(dataset_name, rows):
     return "\n".join(lines)
 
 
+def strict_json(value):
+    """`value` (nested dicts, lists, numbers) with every non-finite float (NaN, +-inf) replaced by
+    None, so that ``json.dump(..., allow_nan=False)`` writes it: strict JSON readers reject NaN."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # float, numpy floats
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def update_results_json(output_dir, dataset_name, key, record):
     """Set ``data[dataset_name][key] = record`` in ``output_dir/lvis_results.json`` (atomic rewrite).
 
     Records of other datasets / variants (e.g. an earlier --eval-only with another alpha) are kept.
-    Returns the file's path.
+    Undefined values are written as null (:func:`strict_json`). Returns the file's path.
     """
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RESULTS_FILE)
@@ -78,6 +93,6 @@ def update_results_json(output_dir, dataset_name, key, record):
     data.setdefault(dataset_name, {})[key] = record
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
+        json.dump(strict_json(data), f, indent=2, sort_keys=True, allow_nan=False)
     os.replace(tmp, path)
     return path

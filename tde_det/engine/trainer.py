@@ -36,12 +36,13 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data import prepare_dataset
+from ..errors import ConfigError
 from ..evaluation.lvis_evaluator import build_lvis_evaluator
 from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
 from .checkpoint import make_atomic
 from .results import format_table, update_results_json
 
-__all__ = ["Trainer", "check_config", "inference_variants", "is_tde_model"]
+__all__ = ["Trainer", "cap_num_workers", "check_config", "inference_variants", "is_tde_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,13 @@ def check_config(cfg, dataset_names=None):
     for name in names:
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset {name!r} has "
                 f"{len(classes)} classes. Set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (in the config or "
                 "as a trailing KEY VALUE override)."
             )
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available on this machine. "
             "Add the override MODEL.DEVICE cpu to run on the CPU."
         )
@@ -113,6 +114,26 @@ def _ddp_without_device_ids_for_cpu_models():
         yield
     finally:
         detectron2.engine.defaults.create_ddp_model = create_ddp_model
+
+
+def cap_num_workers(cfg):
+    """`cfg`, or a copy with ``DATALOADER.NUM_WORKERS`` lowered to the CPUs this process may use
+    (the limit above which torch's DataLoader warns of slowness; LVIS configs ask for 4 workers)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.DATALOADER.NUM_WORKERS <= cpus:
+        return cfg
+    if cpus not in _CAPPED:
+        logger.info("DATALOADER.NUM_WORKERS is %d but this process may use %d CPUs: using %d data-loader workers.",
+                    cfg.DATALOADER.NUM_WORKERS, cpus, cpus)
+        _CAPPED.add(cpus)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = cpus
+    cfg.freeze()
+    return cfg
+
+
+_CAPPED = set()  # the info line is printed once per process
 
 
 class Trainer(DefaultTrainer):
@@ -141,12 +162,12 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         for name in cfg.DATASETS.TRAIN:
             prepare_dataset(name)
-        return super().build_train_loader(cfg)
+        return super().build_train_loader(cap_num_workers(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         prepare_dataset(dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        return super().build_test_loader(cap_num_workers(cfg), dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
