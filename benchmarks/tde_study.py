@@ -48,7 +48,7 @@ SMOKE_DATASETS = {"tiny": "tde_demo_lt_tiny"}
 PREFIXES = {**DATASETS, **SMOKE_DATASETS}
 CONFIGS = {"softmax": "configs/demo/baseline_mask_rcnn_demo.yaml", "deconfound": "configs/demo/tde_mask_rcnn_demo.yaml"}
 # The common reduced schedule of every training (docs/RESULTS.md says why).
-MAX_ITER = 450
+MAX_ITER = 350
 IMS_PER_BATCH = 4
 
 

@@ -105,3 +105,20 @@ def test_mean_std_table_and_paired_differences():
     assert diffs["paper"] == [-1.0, 1.0, -3.0] and diffs["heldout"] == [-1.0, 1.0, -3.0]
     text = tde_study.format_tables(data)
     assert "AP paper -1.0 ± 2.0" in text and "**fine**" in text
+
+
+def test_classifier_stats_norms_and_alignment_by_hand():
+    import numpy as np
+    import torch
+    from tde_study_figures import classifier_stats
+
+    # 2 foreground classes + background, D = 4, K = 2 heads of 2
+    w = torch.tensor([[3.0, 4.0, 0.0, 2.0], [0.0, 1.0, 1.0, 0.0], [9.0, 9.0, 9.0, 9.0]])
+    mean = torch.tensor([1.0, 0.0, 0.0, 5.0])  # d̂ = (1, 0) in head 1, (0, 1) in head 2
+    norms, align = classifier_stats({"roi_heads.box_predictor.cls_score.weight": w,
+                                     "roi_heads.box_predictor.cls_score.mean_feature": mean})
+    assert np.allclose(norms, [np.sqrt(29.0), np.sqrt(2.0)])  # background row dropped
+    # class 0: head 1 cos((3,4),(1,0)) = 0.6, head 2 cos((0,2),(0,1)) = 1 -> 0.8; class 1: (0 + 0) / 2
+    assert np.allclose(align, [0.8, 0.0])
+    norms, align = classifier_stats({"roi_heads.box_predictor.cls_score.weight": w})
+    assert align is None and len(norms) == 2
