@@ -12,5 +12,12 @@ demo: env  ## train + evaluate De-confound-TDE on the embedded long-tailed demo 
 test: env  ## run the test suite
 	$(PY) -m pytest tests -q
 
+# Peer suite (issue 12): Detectron2's own ROI-head / end-to-end tests of the installed detectron2's
+# version, from the vendored archive, with the TDE heads swapped in (see scripts/peer_test.py).
+# CI: `make peer-test` after `make test` in each leg, with that leg's TDE_DET_VENV / TDE_DET_DETECTRON2_SRC.
+.PHONY: peer-test
+peer-test: env  ## Detectron2's tests/modeling/test_roi_heads.py + test_model_e2e.py with the TDE heads
+	$(PY) scripts/peer_test.py
+
 clean-env:
 	rm -rf .venv build
