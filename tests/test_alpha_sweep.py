@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
+from tde_det.errors import ConfigError
 from tde_det.evaluation.alpha_sweep import (
     AlphaSweep,
     best_per_metric,
@@ -351,7 +352,7 @@ def test_sweep_refuses_sigmoid_ce_predictors():
     model = build_model(tiny_cfg("standard")).eval()
     set_means(model, 1)
     model.roi_heads.box_predictor.use_sigmoid_ce = True
-    with pytest.raises(ValueError, match="USE_SIGMOID_CE True.*softmax classifier only"):
+    with pytest.raises(ConfigError, match="USE_SIGMOID_CE True.*softmax classifier only"):  # `error:` line in tools
         AlphaSweep(model, [1.0])
 
 
@@ -370,13 +371,13 @@ def test_sigmoid_ce_model_is_refused_by_sweep_and_visualize_tools(tiny_dataset, 
     sweep_tool = load_tool("sweep_alpha")
     args = sweep_tool.parse_args(
         ["--config-file", config, "--output", str(tmp_path / "sweep"), "--alphas", "0", "1"] + opts)
-    with pytest.raises(ValueError, match="USE_SIGMOID_CE True"):
+    with pytest.raises(ConfigError, match="USE_SIGMOID_CE True"):
         sweep_tool.main(args)
     assert not (tmp_path / "sweep" / f"alpha_sweep_{tiny_dataset}.json").exists()
     vis_tool = load_tool("visualize")
     args = vis_tool.argument_parser().parse_args(
         ["--config-file", config, "--num-images", "1", "--output", str(tmp_path / "vis")] + opts)
-    with pytest.raises(ValueError, match="USE_SIGMOID_CE True"):
+    with pytest.raises(ConfigError, match="USE_SIGMOID_CE True"):
         vis_tool.main(args)
 
 

@@ -48,6 +48,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
 from torch import nn
 
+from ..errors import ConfigError
 from ..modeling.box_predictor import TDEFastRCNNOutputLayers
 from ..modeling.cosine_classifier import plain_probs, tde_probs
 from .box_inference import fast_rcnn_inference_many
@@ -137,7 +138,7 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
         # The sweep scores with softmax (plain) and the §4 rule (α > 0); a sigmoid-CE predictor's own
         # plain scores are per-class sigmoids and it refuses TDE, so no row would be the model's.
         if getattr(p, "use_sigmoid_ce", False):
-            raise ValueError(
+            raise ConfigError(
                 f"Box predictor {k} uses sigmoid cross-entropy (MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE True): "
                 "De-confound-TDE, hence every alpha of the sweep, is defined for the softmax classifier only. "
                 "Evaluate this model's plain scores with tools/train_net.py --eval-only, or train with "
