@@ -1,9 +1,11 @@
 # The two commands of README.md: `make demo` (main job) and `make test`.
-PY := .venv/bin/python
+# TDE_DET_VENV chooses the virtual environment (default .venv), e.g. for a second one in CI.
+VENV := $(or $(TDE_DET_VENV),.venv)
+PY := $(VENV)/bin/python
 
 .PHONY: env demo test clean-env
 
-env:  ## create/update .venv with the pinned environment (idempotent)
+env:  ## create/update $(VENV) with the pinned environment (idempotent; see scripts/setup_env.sh)
 	bash scripts/setup_env.sh
 
 demo: env  ## train + evaluate De-confound-TDE on the embedded long-tailed demo set (CPU)
@@ -20,4 +22,4 @@ peer-test: env  ## Detectron2's tests/modeling/test_roi_heads.py + test_model_e2
 	$(PY) scripts/peer_test.py
 
 clean-env:
-	rm -rf .venv build
+	rm -rf $(VENV) build

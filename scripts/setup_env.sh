@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Create or update the project's virtual environment in .venv (idempotent).
+# Create or update the project's virtual environment (default .venv; idempotent).
 #
 #   bash scripts/setup_env.sh          # or: make env
 #
 # Environment variables:
-#   TDE_DET_PYTHON            interpreter used to create the venv (default: python3.11, else python3)
+#   TDE_DET_PYTHON            interpreter for a new venv (a command or a path, Python 3.11-3.13).
+#                             Default: the newest of python3.13, python3.12, python3.11 that runs,
+#                             on PATH or in $(pyenv root)/versions (pyenv's shims fail unless selected).
+#                             An existing venv keeps its Python unless TDE_DET_PYTHON names another.
+#   TDE_DET_VENV              the venv's folder (default .venv; relative to the repository root)
 #   TDE_DET_DETECTRON2_SRC    path to an upstream detectron2 checkout: install it (compiled, editable)
 #                             instead of the PyPI source release pb1-detectron2==0.6
 #
+# detectron2 v0.6 and lvis 0.5.3 are patched for numpy 2 / Pillow >= 10 / setuptools >= 81 / torch 2.x
+# by scripts/patch_third_party.py (each edit listed there with its reason).
 # A second run with nothing to do only checks the stamp and the imports (seconds).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="${TDE_DET_VENV:-.venv}"
+[[ "$VENV" == /* ]] || VENV="$ROOT/$VENV"
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 D2_SDIST="pb1-detectron2-0.6.tar.gz"
@@ -20,6 +27,8 @@ D2_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 D2_BUILD="$ROOT/build/detectron2-pypi"
 D2_SRC="${TDE_DET_DETECTRON2_SRC:-}"
 STAMP="$VENV/.tde_det_env"
+PATCH=("$ROOT/scripts/patch_third_party.py")
+SUPPORTED="3.11 3.12 3.13"
 
 CURRENT_STEP=""
 step() { CURRENT_STEP="$1"; echo "[setup_env] $1"; }
@@ -27,16 +36,47 @@ trap 'echo "[setup_env] FAILED at step: ${CURRENT_STEP}" >&2' ERR
 
 env_hash() {
     cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/scripts/setup_env.sh" "$ROOT/scripts/detectron2_C.py" \
-        | { cat; echo "d2src=$D2_SRC"; } | sha256sum | cut -d' ' -f1
+        "$ROOT/scripts/patch_third_party.py" \
+        | { cat; echo "d2src=$D2_SRC"; "$PY" -V 2>/dev/null || true; } | sha256sum | cut -d' ' -f1
 }
 
 verify() {
     "$PY" - <<'EOF'
-import detectron2.layers, detectron2.modeling, detectron2.evaluation  # noqa: F401
-import lvis, pycocotools.mask, cv2, torch, torchvision  # noqa: F401
+import detectron2.layers, detectron2.modeling, detectron2.evaluation, detectron2.export  # noqa: F401
+import detectron2.model_zoo, lvis.eval, pycocotools.mask, cv2, torch, torchvision  # noqa: F401
 import tde_det  # noqa: F401
 EOF
 }
+
+# A command or path that runs, else (for a bare pythonX.Y) pyenv's newest X.Y.*: pyenv installs
+# interpreters in $(pyenv root)/versions/X.Y.Z/bin, and its shims fail unless that version is selected.
+resolve_python() {
+    local cand
+    cand="$(command -v "$1" || true)"
+    if [[ -n "$cand" ]] && "$cand" -c '' >/dev/null 2>&1; then echo "$cand"; return 0; fi
+    if [[ "$1" =~ ^python(3\.[0-9]+)$ ]] && command -v pyenv >/dev/null 2>&1; then
+        for cand in $(ls -d "$(pyenv root)/versions/${BASH_REMATCH[1]}".*/bin/"$1" 2>/dev/null | sort -V -r); do
+            if "$cand" -c '' >/dev/null 2>&1; then echo "$cand"; return 0; fi
+        done
+    fi
+    return 1
+}
+
+# The interpreter for a new venv: TDE_DET_PYTHON, else the newest supported python3.1x that runs.
+find_python() {
+    local v
+    if [[ -n "${TDE_DET_PYTHON:-}" ]]; then resolve_python "$TDE_DET_PYTHON" || echo "$TDE_DET_PYTHON"; return; fi
+    for v in 3.13 3.12 3.11; do
+        resolve_python "python$v" && return
+    done
+    command -v python3 || echo python3
+}
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none; }
+
+if [[ -x "$PY" && -n "${TDE_DET_PYTHON:-}" && "$(py_version "$PY")" != "$(py_version "$(find_python)")" ]]; then
+    echo "[setup_env] $VENV has Python $(py_version "$PY"), TDE_DET_PYTHON=$TDE_DET_PYTHON is $(py_version "$(find_python)"): recreating it"
+    rm -rf "$VENV"
+fi
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(env_hash)" ]] && verify 2>/dev/null; then
     echo "[setup_env] environment in $VENV is up to date"
@@ -44,9 +84,17 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(env_hash)" ]] && verify 2>/dev/null
 fi
 
 step "create the virtual environment ($VENV)"
-if [[ ! -x "$PY" ]]; then
-    BASE_PY="${TDE_DET_PYTHON:-$(command -v python3.11 || command -v python3)}"
-    "$BASE_PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"need Python 3.11, got {sys.version}"'
+if [[ -x "$PY" ]]; then
+    echo "[setup_env] keeping $VENV (Python $(py_version "$PY")); TDE_DET_PYTHON=... or 'make clean-env' to change"
+else
+    BASE_PY="$(find_python)"
+    WANT="$(py_version "$BASE_PY")"
+    if [[ " $SUPPORTED " != *" $WANT "* ]]; then
+        echo "[setup_env] need Python 3.11, 3.12 or 3.13; '$BASE_PY' is ${WANT/none/not a working interpreter}." \
+            "Install one, or set TDE_DET_PYTHON=/path/to/python3.1x" >&2
+        false
+    fi
+    echo "[setup_env] using $BASE_PY (Python $WANT)"
     "$BASE_PY" -m venv "$VENV"
 fi
 
@@ -56,6 +104,9 @@ step "install the pinned requirements (requirements.txt)"
 if [[ -n "$D2_SRC" ]]; then
     step "install detectron2 from the upstream source at $D2_SRC (compiles its C++/CUDA ops)"
     [[ -f "$D2_SRC/setup.py" ]] || { echo "TDE_DET_DETECTRON2_SRC=$D2_SRC has no setup.py" >&2; false; }
+    # Upstream main still imports pkg_resources (gone in setuptools >= 81) in model_zoo: patch that
+    # one file of the checkout (idempotent; nothing to do once upstream fixes it).
+    "$PY" "${PATCH[@]}" detectron2-main "$D2_SRC"
     "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$D2_SRC"
 else
     step "download detectron2's PyPI source release $D2_SDIST and check its sha256"
@@ -70,6 +121,9 @@ else
     rm -rf "$D2_BUILD" && mkdir -p "$D2_BUILD"
     tar -xzf "$ROOT/build/$D2_SDIST" -C "$D2_BUILD" --strip-components=1 pb1-detectron2-0.6/detectron2 pb1-detectron2-0.6/LICENSE
     cp "$ROOT/scripts/detectron2_C.py" "$D2_BUILD/detectron2/_C.py"
+
+    step "patch detectron2 v0.6 for numpy 2 / Pillow >= 10 / setuptools >= 81 / torch 2.x"
+    "$PY" "${PATCH[@]}" detectron2 "$D2_BUILD"
     cat > "$D2_BUILD/setup.py" <<'EOF'
 from setuptools import find_packages, setup
 
@@ -80,12 +134,15 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["detectron2", "detectron2.*"]),
     package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},
-    python_requires=">=3.6",
+    python_requires=">=3.11",
 )
 EOF
     "${PIP[@]}" uninstall -q -y pb1-detectron2 >/dev/null 2>&1 || true
     "${PIP[@]}" install -q --no-deps --no-build-isolation "$D2_BUILD"
 fi
+
+step "patch lvis 0.5.3's evaluator for numpy 2 (scripts/patch_third_party.py)"
+"$PY" "${PATCH[@]}" lvis "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
 step "install tde_det in editable mode"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"

@@ -1,9 +1,14 @@
 """The installed environment: detectron2 imports, builds its LVIS Mask R-CNN, and names missing ops clearly."""
 
 import importlib
+import importlib.metadata
+import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +109,129 @@ def test_detectron2_lvis_mask_rcnn_trains_and_infers_on_cpu():
     assert det.image_size == (160, 192)
     assert det.has("pred_masks") and len(det) <= cfg.TEST.DETECTIONS_PER_IMAGE
     assert torch.isfinite(det.scores).all()
+
+
+# ------------------------------------------------------- numpy 2 / Pillow >= 10 / setuptools >= 81
+# scripts/patch_third_party.py patches detectron2 v0.6 and lvis 0.5.3 at install (make env).
+def _patch_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "patch_third_party.py"
+    spec = importlib.util.spec_from_file_location("patch_third_party", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _version(name):
+    return tuple(int(x) for x in importlib.metadata.version(name).split(".")[:2])
+
+
+def test_environment_has_numpy2_current_pillow_and_setuptools_without_pkg_resources():
+    import numpy as np
+
+    assert _version("numpy") >= (2, 0) and np.__version__ == importlib.metadata.version("numpy")
+    assert _version("Pillow") >= (10, 0)
+    assert _version("setuptools") >= (81, 0)
+    assert sys.version_info[:2] in {(3, 11), (3, 12), (3, 13)}
+    for alias in ["float", "int", "object", "str"]:  # what detectron2 v0.6 / lvis 0.5.3 used
+        assert not hasattr(np, alias)
+
+
+@pytest.mark.parametrize("package", ["detectron2", "lvis"])
+def test_installed_third_party_uses_no_removed_name(package):
+    """The scan of scripts/patch_third_party.py over the installed package: nothing left to patch."""
+    root = Path(importlib.import_module(package).__file__).parent
+    assert _patch_script().scan(root) == []
+
+
+def test_detectron2_export_imports_and_traces_without_caffe2():
+    """v0.6's export package imported caffe2 (not in torch 2.x) at module level."""
+    import detectron2.export as export
+    from detectron2.structures import Boxes, Instances
+
+    if importlib.util.find_spec("caffe2") is None:
+        assert not hasattr(export, "Caffe2Tracer")  # the caffe2 exporters are the only thing missing
+
+    class Detector(torch.nn.Module):
+        def forward(self, image):
+            inst = Instances(image.shape[-2:])
+            inst.pred_boxes = Boxes(image.mean(0)[:4, :4] * 2)
+            inst.scores = image.amax(dim=(0, 2))[:4]
+            return [inst]
+
+    image = torch.rand(3, 8, 6)
+    adapter = export.TracingAdapter(Detector(), image)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs)
+    (out,) = adapter.outputs_schema(traced(image + 1))
+    (ref,) = Detector()(image + 1)
+    assert torch.equal(out.pred_boxes.tensor, ref.pred_boxes.tensor) and torch.equal(out.scores, ref.scores)
+
+
+def test_model_zoo_finds_configs_without_pkg_resources():
+    from detectron2 import model_zoo
+    from detectron2.model_zoo import model_zoo as zoo_module
+
+    assert "pkg_resources" not in vars(zoo_module)
+    path = Path(model_zoo.get_config_file("LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    assert path.is_file() and path.parts[-3:] == ("configs", "LVISv1-InstanceSegmentation", path.name)
+    assert path.is_relative_to(Path(zoo_module.__file__).parent)
+    with pytest.raises(RuntimeError, match="not available in Model Zoo"):
+        model_zoo.get_config_file("LVISv1-InstanceSegmentation/no_such_config.yaml")
+
+
+def test_lvis_api_evaluates_on_numpy2(tmp_path):
+    """lvis-api's own LVISEval end to end (its accumulate() used np.float)."""
+    from lvis import LVIS, LVISEval
+
+    from tde_det.evaluation.synthetic import make_synthetic_lvis
+
+    gt, _ = make_synthetic_lvis(num_images=4, num_cats=5, dets_per_image=(1, 3), seed=0)
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in gt["annotations"]]
+    shifted = [dict(r, bbox=[r["bbox"][0] + r["bbox"][2], r["bbox"][1], r["bbox"][2], r["bbox"][3]])
+               for r in perfect]  # moved by its own width: IoU 0
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    lvis_gt = LVIS(str(tmp_path / "gt.json"))
+    aps = []
+    for results in (perfect, shifted):
+        ev = LVISEval(lvis_gt, results, iou_type="bbox")
+        ev.run()
+        aps.append(ev.get_results()["AP"])
+    assert aps[0] == pytest.approx(1.0, abs=1e-6) and aps[1] == 0.0
+
+
+def test_patch_is_idempotent_and_fails_loudly_on_unknown_sources(tmp_path, capsys):
+    patcher = _patch_script()
+    pkg = tmp_path / "lvis"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    src = "import numpy as np\na = x.astype(dtype=np.float)\nb = y.astype(dtype=np.float)  # np.float32 stays\n"
+    (pkg / "eval.py").write_text(src)
+    assert patcher.main(["lvis", str(tmp_path)]) == 0
+    patched = (pkg / "eval.py").read_text()
+    assert patched.startswith(patcher.MARKER)
+    assert "astype(dtype=float)\n" in patched and "astype(dtype=float)  # np.float32 stays" in patched
+    assert patcher.main(["lvis", str(tmp_path)]) == 0 and (pkg / "eval.py").read_text() == patched
+    assert "already patched" in capsys.readouterr().out
+
+    (pkg / "eval.py").write_text("import numpy as np\na = x.astype(dtype=np.float)\n")  # one of the two
+    assert patcher.main(["lvis", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "expected 2 occurrence(s)" in err and "eval.py" in err
+    assert patcher.main(["lvis", str(tmp_path / "nowhere")]) == 1
+    assert "has no lvis/__init__.py" in capsys.readouterr().err
+
+
+def test_mask_areas_of_more_than_255_rles_on_numpy2():
+    """pycocotools' area() of > 255 RLEs overflows a uint8 on numpy 2; fast_lvis calls it in chunks."""
+    import pycocotools.mask as mask_utils
+
+    from tde_det.evaluation.fast_lvis import _rle_area
+
+    masks = np.zeros((20, 30, 600), dtype=np.uint8, order="F")
+    for i in range(600):
+        masks[: 1 + i % 20, : 1 + i % 30, i] = 1
+    rles = mask_utils.encode(masks)
+    expected = [float(mask_utils.area(r)) for r in rles]
+    assert _rle_area(rles).tolist() == expected == [(1 + i % 20) * (1 + i % 30) for i in range(600)]
+    assert _rle_area([]).shape == (0,)

@@ -99,6 +99,22 @@ def test_eval_only_alpha_override_and_plain(trained, data_root):
     assert "De-confound-TDE" not in proc.stdout + proc.stderr.split("Evaluating")[-1]
 
 
+def test_eval_only_with_lvis_api_gives_the_fast_evaluators_numbers(trained, data_root):
+    """TEST.LVIS_EVAL.BACKEND lvis-api runs lvis-api's LVISEval (patched for numpy 2): same table."""
+    out, _ = trained
+    fast = _results(out)
+    api_dir = os.path.join(out, "lvis_api")
+    _run(data_root, "--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+         "TEST.LVIS_EVAL.BACKEND", "lvis-api", "OUTPUT_DIR", api_dir, *FAST)
+    api = _results(api_dir)
+    assert set(api) == set(fast) == {"plain", "tde_alpha1.5"}
+    for key in fast:
+        for task in ("bbox", "segm"):
+            ours, ref = fast[key]["results"][task], api[key]["results"][task]
+            assert {"AP", "AP50", "AP75", "APr", "APc", "APf"} <= set(ours) & set(ref)
+            assert {k: ours[k] for k in ref if k in ours} == pytest.approx({k: ref[k] for k in ref if k in ours}, abs=1e-9, nan_ok=True)
+
+
 def test_kill_9_then_resume_keeps_checkpoints_and_mean_feature(data_root, tmp_path):
     out = str(tmp_path / "killed")
     args = ["--config-file", TINY, "SOLVER.MAX_ITER", "2000", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", out, *FAST]

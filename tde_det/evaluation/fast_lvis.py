@@ -163,7 +163,7 @@ class PreparedGT:
         if len(todo):
             rles = self.gt_rles(todo)
             box[todo] = np.asarray(mask_utils.toBbox(rles), dtype=np.float64).reshape(-1, 4)
-            area[todo] = mask_utils.area(rles)
+            area[todo] = _rle_area(rles)
             done[todo] = True
         return box, area
 
@@ -181,6 +181,19 @@ class PreparedGT:
                 rle = rles[i] = _to_rle(ann["segmentation"], int(h), int(w))
             out.append(rle)
         return out
+
+
+def _rle_area(rles: list) -> np.ndarray:
+    """(N,) float64 ``pycocotools.mask.area`` of N RLEs, at most 255 per call.
+
+    pycocotools (2.0.11 included) builds its output with ``np.array((N,), dtype=np.uint8)``, which
+    numpy 2 refuses for N > 255 (OverflowError); the areas themselves are uint32 and exact.
+    """
+    if not rles:
+        return np.zeros(0)
+    return np.concatenate(
+        [np.asarray(mask_utils.area(rles[i:i + 255]), dtype=np.float64).reshape(-1) for i in range(0, len(rles), 255)]
+    )
 
 
 def _to_rle(segm, h: int, w: int):
@@ -537,7 +550,7 @@ def _mask_areas(dets: list, sel: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     picked = itemgetter(*sel.tolist())(dets) if len(sel) > 1 else [dets[int(sel[0])]]
     try:
-        return np.asarray(mask_utils.area(list(map(itemgetter("segmentation"), picked))), dtype=np.float64).reshape(-1)
+        return _rle_area(list(map(itemgetter("segmentation"), picked)))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise ValueError(
             "mask results (no 'bbox' in the first result, or use_mask_area=True) need "
@@ -600,7 +613,7 @@ def _mask_ious(gt: PreparedGT, res: _Results, didx, dimg, d_area, pdet, pgt, out
             segs[j] = _det_rle(dets[int(didx[j])], h, w)
     d_box = np.asarray(mask_utils.toBbox(segs), dtype=np.float64).reshape(-1, 4)
     if d_area is None:  # box-style results: their "area" is the box's
-        d_area = np.asarray(mask_utils.area(segs), dtype=np.float64).reshape(-1)
+        d_area = _rle_area(segs)
     g_box, g_area = gt.gt_mask_stats(np.unique(pgt))
     db, gb, da, ga = d_box[pdet], g_box[pgt], d_area[pdet], g_area[pgt]
     iw = np.minimum(db[:, 0] + db[:, 2], gb[:, 0] + gb[:, 2]) - np.maximum(db[:, 0], gb[:, 0])
