@@ -188,6 +188,23 @@ def test_user_errors_become_one_line(capsys):
     assert issubclass(DataCheckFailed, UserError) and issubclass(NotRegistered, KeyError)
 
 
+def _spawned(rank, fn):  # what launch() runs in each process it starts: main after process-group set-up
+    fn()
+
+
+def _bad_config():
+    raise ConfigError("MODEL.ROI_HEADS.NUM_CLASSES is 7 but dataset 'x' has 6 classes.")
+
+
+def test_user_error_in_launched_processes_is_one_line(capfd):
+    with pytest.raises(SystemExit) as e, cli.exit_on_user_error():
+        torch.multiprocessing.spawn(_spawned, args=(cli.in_worker(_bad_config),), nprocs=1)
+    assert e.value.code == cli.USER_ERROR_EXIT
+    err = capfd.readouterr().err
+    assert "error: MODEL.ROI_HEADS.NUM_CLASSES is 7 but dataset 'x' has 6 classes.\n" in err
+    assert "Traceback" not in err
+
+
 def test_config_errors_name_the_problem(tmp_path):
     from tde_det import get_tde_cfg
 
@@ -303,3 +320,30 @@ def test_train_net_on_sound_data_trains_evaluates_and_writes_strict_json(tmp_pat
         segm = data[key]["results"]["segm"]
         assert isinstance(segm["AP"], float) and isinstance(segm["APc"], float)
         assert sum(v is None for k, v in segm.items() if k.startswith("AP-")) > 1100  # categories without gt
+
+
+def test_evaluator_says_why_per_category_ap_is_missing(tmp_path):
+    import logging
+
+    from detectron2.data import MetadataCatalog
+    from test_fast_lvis import _d2_predictions, _run
+
+    from tde_det.evaluation import FastLVISEvaluator
+    from tde_det.evaluation.synthetic import make_synthetic_lvis
+
+    gt, results = make_synthetic_lvis(num_images=4, num_cats=6, dets_per_image=(1, 5), seed=1, image_size=(40, 60))
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    name = f"h16_vocab_{uuid.uuid4().hex[:6]}"
+    MetadataCatalog.get(name).set(json_file=str(path), thing_classes=[f"c{i}" for i in range(5)], evaluator_type="lvis")
+    evaluator = FastLVISEvaluator(name, distributed=False, tasks=("bbox",))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    evaluator._logger.addHandler(handler)
+    try:
+        res = _run(evaluator, _d2_predictions(gt, results))
+    finally:
+        evaluator._logger.removeHandler(handler)
+    assert not any(k.startswith("AP-") for k in res["bbox"])
+    assert any("json has 6 categories but the dataset's metadata 5 classes" in r.getMessage() for r in records)

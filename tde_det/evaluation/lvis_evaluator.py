@@ -85,6 +85,12 @@ class FastLVISEvaluator(LVISEvaluator):
                 ("AP-" + name, per_cat[c] * 100 if not math.isnan(per_cat[c]) else float("nan"))
                 for name, c in zip(class_names, main.cat_ids)
             )
+        elif class_names is not None:
+            self._logger.warning(
+                f"No per-category AP: the ground-truth json has {len(main.cat_ids)} categories but the dataset's "
+                f"metadata {len(class_names)} classes, so the results are scored against another vocabulary. "
+                "`python datasets/check_lvis.py --config-file CONFIG` names the mismatch."
+            )
         return results
 
     def _prepared_gt(self, lvis_gt):
