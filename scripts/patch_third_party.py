@@ -66,8 +66,8 @@ DETECTRON2_V06: dict[str, list[Edit]] = {
     "detectron2/model_zoo/model_zoo.py": [PKG_RESOURCES_IMPORT, PKG_RESOURCES_CALL],
     "detectron2/export/__init__.py": [
         Edit(
-            "from .api import *\n",
-            "try:\n"
+            "\nfrom .api import *\n",
+            "\ntry:\n"
             "    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401\n"
             "except ImportError:  # torch >= 1.10 ships no caffe2: only its exporters are missing\n"
             "    pass\n"
@@ -143,16 +143,19 @@ def _header(edits: list[Edit]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def patch_file(path: Path, edits: list[Edit], *, optional: bool = False) -> str:
-    """Apply `edits` to `path`; return 'patched', 'already patched' or 'not needed'."""
+def patched_text(path: Path, edits: list[Edit], *, optional: bool = False) -> tuple[str, str | None]:
+    """(status, new text or None) of `path` with `edits` applied; nothing is written.
+
+    Status: 'patched', 'already patched' or (`optional` and none of the texts there) 'not needed'.
+    """
     if not path.is_file():
         raise PatchError(f"{path}: file not found (is this the right source tree?)")
     text = path.read_text(encoding="utf-8")
     if MARKER in text:
-        return "already patched"
+        return "already patched", None
     counts = [_count(e, text) for e in edits]
     if optional and not any(counts):
-        return "not needed"
+        return "not needed", None
     for e, n in zip(edits, counts):
         if n != e.count:
             raise PatchError(
@@ -166,8 +169,7 @@ def patch_file(path: Path, edits: list[Edit], *, optional: bool = False) -> str:
         text = first + sep + _header(edits) + rest
     else:
         text = _header(edits) + text
-    path.write_text(text, encoding="utf-8")
-    return "patched"
+    return "patched", text
 
 
 def scan(package: Path) -> list[str]:
@@ -195,7 +197,12 @@ def patch(target: str, root: Path) -> list[str]:
     package = root / package_name
     if not (package / "__init__.py").is_file():
         raise PatchError(f"{root} has no {package_name}/__init__.py: pass the folder that contains {package_name}/")
-    report = [f"{rel}: {patch_file(root / rel, edits, optional=optional)}" for rel, edits in table.items()]
+    # All files are checked before any is written: a failure leaves the tree as it was.
+    results = {rel: patched_text(root / rel, edits, optional=optional) for rel, edits in table.items()}
+    for rel, (_, text) in results.items():
+        if text is not None:
+            (root / rel).write_text(text, encoding="utf-8")
+    report = [f"{rel}: {status}" for rel, (status, _) in results.items()]
     left = scan(package)
     if left:
         raise PatchError("removed names still used after patching:\n  " + "\n  ".join(left))

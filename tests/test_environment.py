@@ -235,3 +235,19 @@ def test_mask_areas_of_more_than_255_rles_on_numpy2():
     expected = [float(mask_utils.area(r)) for r in rles]
     assert _rle_area(rles).tolist() == expected == [(1 + i % 20) * (1 + i % 30) for i in range(600)]
     assert _rle_area([]).shape == (0,)
+
+
+def test_patch_writes_nothing_when_one_file_does_not_match(tmp_path):
+    patcher = _patch_script()
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("x = np.int(3)\n")
+    (pkg / "b.py").write_text("y = 2\n")  # the text to replace is not there
+    patcher.TARGETS["toy"] = ("pkg", {"pkg/a.py": [patcher.np_aliases(1)], "pkg/b.py": [patcher.np_aliases(1)]}, False)
+    try:
+        with pytest.raises(patcher.PatchError, match="b.py: expected 1"):
+            patcher.patch("toy", tmp_path)
+    finally:
+        del patcher.TARGETS["toy"]
+    assert (pkg / "a.py").read_text() == "x = np.int(3)\n"
