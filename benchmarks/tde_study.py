@@ -17,7 +17,7 @@ from training for every model; α is never chosen on val. Both evaluations are o
 APr, APc, APf, box AP and Fixed AP (``TEST.LVIS_EVAL.FIXED_AP``), in percent.
 
     nice -n 5 .venv/bin/python benchmarks/tde_study.py                 # run / resume the whole study
-    .venv/bin/python benchmarks/tde_study.py --table                   # mean ± std Markdown tables
+    .venv/bin/python benchmarks/tde_study.py --table --update-doc docs/RESULTS.md   # mean ± std tables
     .venv/bin/python benchmarks/tde_study.py --figures                 # diagnostics PNGs (docs/figures)
 
 Every run is appended to ``docs/results/tde_study.json`` (``{"runs": [{dataset, model, alpha,
@@ -251,6 +251,24 @@ def format_tables(data):
     return "\n\n".join(parts)
 
 
+TABLE_BEGIN = "<!-- tde_study --table: begin (generated from docs/results/tde_study.json; do not edit) -->"
+TABLE_END = "<!-- tde_study --table: end -->"
+
+
+def update_doc(path, tables):
+    """Replace the text between :data:`TABLE_BEGIN` and :data:`TABLE_END` in the Markdown file `path`
+    by `tables`; ValueError if the markers are missing."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' block to fill; add the two lines "
+                         "where the tables go.")
+    text = text[: start + len(TABLE_BEGIN)] + "\n\n" + tables + "\n\n" + text[end:]
+    with open(path, "w") as f:
+        f.write(text)
+
+
 # ----------------------------------------------------------------------------- one unit (subprocess)
 def _metrics(results):
     from tde_det.evaluation.alpha_sweep import metric_rows
@@ -437,6 +455,8 @@ def main(argv=None):
     parser.add_argument("--output", default=str(DEFAULT_JSON), help="the study JSON (default: %(default)s)")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="weights, logs, splits (default: %(default)s)")
     parser.add_argument("--table", action="store_true", help="print the mean ± std Markdown tables and exit")
+    parser.add_argument("--update-doc", metavar="MD", help="with --table: also write the tables into MD between "
+                        "the tde_study markers (e.g. docs/RESULTS.md)")
     parser.add_argument("--figures", action="store_true", help="write the diagnostics figures and exit")
     parser.add_argument("--figure-seed", type=int, default=0, help="seed whose De-confound models the figures show")
     parser.add_argument("--stop-on-failure", action="store_true")
@@ -446,7 +466,13 @@ def main(argv=None):
     parser.add_argument("--unit-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.table:
-        print(format_tables(load_study(args.output)))
+        try:
+            tables = format_tables(load_study(args.output))
+            if args.update_doc:
+                update_doc(args.update_doc, tables)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        print(tables)
         return 0
     if args.figures:
         from tde_study_figures import write_figures  # noqa: E402 (benchmarks/ is on sys.path as the script dir)

@@ -122,3 +122,16 @@ def test_classifier_stats_norms_and_alignment_by_hand():
     assert np.allclose(align, [0.8, 0.0])
     norms, align = classifier_stats({"roi_heads.box_predictor.cls_score.weight": w})
     assert align is None and len(norms) == 2
+
+
+def test_update_doc_replaces_only_the_marked_block(tmp_path):
+    doc = tmp_path / "R.md"
+    doc.write_text(f"# R\n\nbefore\n{tde_study.TABLE_BEGIN}\nold table\n{tde_study.TABLE_END}\nafter\n")
+    tde_study.update_doc(str(doc), "| new |")
+    text = doc.read_text()
+    assert "old table" not in text and "| new |" in text and text.startswith("# R\n\nbefore\n") and text.endswith("after\n")
+    tde_study.update_doc(str(doc), "| newer |")  # idempotent block
+    assert "| new |" not in doc.read_text() and doc.read_text().count(tde_study.TABLE_BEGIN) == 1
+    (tmp_path / "S.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="no"):
+        tde_study.update_doc(str(tmp_path / "S.md"), "x")
