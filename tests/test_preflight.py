@@ -347,3 +347,31 @@ def test_evaluator_says_why_per_category_ap_is_missing(tmp_path):
         evaluator._logger.removeHandler(handler)
     assert not any(k.startswith("AP-") for k in res["bbox"])
     assert any("json has 6 categories but the dataset's metadata 5 classes" in r.getMessage() for r in records)
+
+
+def test_check_lvis_script_prints_one_line_per_dataset(lvis, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_lvis", os.path.join(REPO, "datasets", "check_lvis.py"))
+    check_lvis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_lvis)
+    train, val = _register(lvis, "train"), _register(lvis, "val")
+    assert check_lvis.main([train, val]) == 0
+    _drop_neg_ids(lvis)  # lvis_v1_val.json: a test set by its name (no "train" in it)
+    assert check_lvis.main([train, val]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3].startswith(f"OK       {train}: 4 image files found, 1203 categories")
+    assert out[-2].startswith(f"PROBLEM  {val} (") and "6 of 6 images have no 'neg_category_ids'" in out[-2]
+
+
+def test_sweep_alpha_runs_the_check_before_building_the_model(tmp_path):
+    make_lvis_v1(str(tmp_path))
+    _remove_one_image(str(tmp_path))
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"never loaded")
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "sweep_alpha.py"), "--config-file", TINY,
+                           "--alphas", "0", "1", *LVIS_V1, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == cli.USER_ERROR_EXIT, proc.stderr[-3000:]
+    assert "1 of 4 image files do not exist" in proc.stderr and "Traceback" not in proc.stderr
