@@ -7,6 +7,8 @@ few generated images for the tool. Nothing is timed.
 
 import importlib.util
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -288,3 +290,13 @@ def test_visualize_cam_rejects_bad_options(cam_dataset, tmp_path):
     other.write_text(f'_BASE_: "{os.path.join(REPO, "configs", "demo", "baseline_mask_rcnn_demo.yaml")}"\n')
     with pytest.raises(ValueError, match="NUM_CLASSES 48"):
         tool.main(tool.parse_args(base + ["--cam", "--compare-weights", weights, "--compare-config", str(other)] + opts))
+
+
+def test_visualize_cam_option_error_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "visualize.py"), "--config-file", TINY_YAML, "--cam",
+         "--compare-weights", str(tmp_path / "missing.pth"), "--compare-config", TINY_YAML],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --compare-weights file") and "Traceback" not in proc.stderr

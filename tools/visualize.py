@@ -139,14 +139,14 @@ def draw_panels(image, panels, path):
 def check_cam_args(args):
     """Errors for --cam options that do not fit together (before anything is built)."""
     if (args.compare_weights or args.compare_config or args.cam_top) and not args.cam:
-        raise ValueError("--cam-top, --compare-weights and --compare-config only apply with --cam; add --cam.")
+        raise ConfigError("--cam-top, --compare-weights and --compare-config only apply with --cam; add --cam.")
     if bool(args.compare_weights) != bool(args.compare_config):
-        raise ValueError("--compare-weights and --compare-config go together: give the second model's weights AND its config.")
+        raise ConfigError("--compare-weights and --compare-config go together: give the second model's weights AND its config.")
     if args.cam_top < 0:
-        raise ValueError(f"--cam-top must be >= 1 (or 0: the detections >= --score-thresh), got {args.cam_top}.")
+        raise ConfigError(f"--cam-top must be >= 1 (or 0: the detections >= --score-thresh), got {args.cam_top}.")
     for flag, path in (("--compare-weights", args.compare_weights), ("--compare-config", args.compare_config)):
         if path and not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} file {path!r} does not exist.")
+            raise FilesMissing(f"{flag} file {path!r} does not exist.")
 
 
 def load_compare_model(cfg, args):
@@ -156,7 +156,7 @@ def load_compare_model(cfg, args):
     other = get_tde_cfg(args.compare_config, ["MODEL.WEIGHTS", args.compare_weights, "MODEL.DEVICE", cfg.MODEL.DEVICE])
     other.freeze()
     if other.MODEL.ROI_HEADS.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise ValueError(
+        raise ConfigError(
             f"--compare-config has MODEL.ROI_HEADS.NUM_CLASSES {other.MODEL.ROI_HEADS.NUM_CLASSES}, the main model "
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: the second model must be trained on the same classes."
         )

@@ -34,6 +34,7 @@ from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Boxes
 from torch import nn
 
+from ..errors import ConfigError
 from ..modeling.cosine_classifier import MultiHeadCosineClassifier, plain_probs, tde_probs
 
 __all__ = ["DetectionCams", "detection_cams", "grad_cam", "has_tde_head", "normalize_cams", "paste_cams"]
@@ -154,7 +155,7 @@ def detection_cams(model, model_input: dict, boxes, classes: torch.Tensor, alpha
         if not (alpha >= 0):
             raise ValueError(f"alpha must be >= 0 (TDE(y) = y - alpha*b), got {alpha!r}.")
         if alpha > 0 and not all(p.cls_score.has_mean for p in predictors):
-            raise ValueError(
+            raise ConfigError(
                 "The moving-average feature of the TDE head is all zero, so the TDE logit equals the plain one. "
                 "Load trained TDE weights (MODEL.WEIGHTS path/to/model.pth)."
             )
