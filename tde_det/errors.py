@@ -28,7 +28,7 @@ class NotRegistered(UserError, KeyError):
 
 
 class DataCheckFailed(UserError):
-    """The pre-flight data check (:func:`tde_det.data.check_datasets`) found problems."""
+    """The pre-flight data check (:func:`tde_det.data.checks.check_datasets`) found problems."""
 
 
 def message(error):

@@ -207,7 +207,7 @@ def _check_dataset(name, is_test, num_classes, threads):
         return [], f"{name}: not an LVIS-format json dataset; not checked"
     start = time.perf_counter()
     try:
-        with open(json_file) as f:
+        with open(json_file, "rb") as f:  # json detects the encoding (UTF-8)
             data = json.load(f)
     except ValueError as e:
         return [f"{name}: {json_file} is not valid JSON ({e})"], None
