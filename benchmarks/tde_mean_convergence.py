@@ -115,7 +115,7 @@ def main():
 
     # Held-out batch: cos(x^k, d̂^k) over the test-time proposals of every stage.
     captured = []
-    hooks = [p.register_forward_hook(lambda mod, inp, out: captured.append((mod, out.features))) for p in predictors]
+    hooks = [p.register_forward_pre_hook(lambda mod, inp: captured.append((mod, inp[0].flatten(1)))) for p in predictors]
     model.eval()
     with torch.no_grad():
         model(generated_batch(torch.Generator().manual_seed(1), n=4))

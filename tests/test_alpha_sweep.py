@@ -190,9 +190,11 @@ def test_heuristic_alpha_comes_from_the_measured_cos(tiny):
                 model.roi_heads.box_predictor
             ]
             captured = {i: [] for i in range(len(predictors))}
-            hooks = [
-                p.register_forward_hook(lambda m, inp, out, i=i: captured[i].append(out.features))
-                for i, p in enumerate(predictors)
+            heads = model.roi_heads
+            box_heads = list(heads.box_head) if hasattr(heads, "num_cascade_stages") else [heads.box_head]
+            hooks = [  # each stage's box-head output is its predictor's input x
+                h.register_forward_hook(lambda m, inp, out, i=i: captured[i].append(out.flatten(1)))
+                for i, h in enumerate(box_heads)
             ]
             try:
                 result = inference_on_dataset_alphas(model, make_batches(), [1.0])

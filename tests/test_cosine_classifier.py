@@ -11,7 +11,9 @@ import torch.multiprocessing as mp
 from tde_det.modeling.cosine_classifier import (
     MultiHeadCosineClassifier,
     background_exempt_probs,
+    exempt_logits,
     plain_probs,
+    tde_logits,
     tde_probs,
 )
 
@@ -122,6 +124,25 @@ def test_alpha_zero_gives_exactly_the_plain_scores():
     assert not torch.allclose(tde_probs(y, b, ALPHA, True), plain_probs(y), atol=1e-3)
 
 
+@pytest.mark.parametrize("exempt", [True, False])
+def test_tde_logits_softmax_is_the_score_and_zero_mean_is_exactly_plain(exempt):
+    clf = make_classifier(2, "cpu")
+    x = torch.randn(R, D) * 3
+    y, b = clf.logits_and_counterfactual(x)
+    # x̄ = 0: d̂ = 0 and b = 0 exactly, so the TDE logits are y itself, with no branch.
+    assert torch.equal(b, torch.zeros_like(b))
+    assert torch.equal(tde_logits(y, b, ALPHA, exempt), y)
+    mean = torch.randn(D)
+    clf.mean_feature.copy_(mean)
+    y, b = clf.logits_and_counterfactual(x)
+    tde_ref = ref_tde_logits(clf.weight.detach(), x, mean, 2, ALPHA)
+    expected = ref_exempt(ref_logits(clf.weight.detach(), x, 2), tde_ref) if exempt else torch.softmax(tde_ref, 1)
+    torch.testing.assert_close(torch.softmax(tde_logits(y, b, ALPHA, exempt), 1).double(), expected, atol=1e-5, rtol=0)
+    for dtype in (torch.bfloat16, torch.float16):  # low-precision (autocast) inputs give fp32 logits
+        assert tde_logits(y.to(dtype), b.to(dtype), ALPHA, exempt).dtype == torch.float32
+    assert exempt_logits(y.double(), y.double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_exempt_scores_keep_plain_background_and_fg_mass(device):
     torch.manual_seed(3)
@@ -199,15 +220,16 @@ def test_update_mean_rejects_wrong_width_and_keeps_no_graph():
 
 
 def test_build_time_checks():
-    with pytest.raises(ValueError, match="not divisible by MODEL.TDE.NUM_HEADS=3"):
+    # Each error names the argument and its config key (LazyConfig users pass the former).
+    with pytest.raises(ValueError, match=r"not divisible by num_heads=3 \(MODEL.TDE.NUM_HEADS\)"):
         MultiHeadCosineClassifier(8, 3, num_heads=3)
-    with pytest.raises(ValueError, match="SCALE"):
+    with pytest.raises(ValueError, match=r"scale=0.0 \(MODEL.TDE.SCALE"):
         MultiHeadCosineClassifier(8, 3, scale=0.0)
-    with pytest.raises(ValueError, match="GAMMA"):
+    with pytest.raises(ValueError, match=r"gamma=-1.0 \(MODEL.TDE.GAMMA\)"):
         MultiHeadCosineClassifier(8, 3, gamma=-1.0)
-    with pytest.raises(ValueError, match="MOMENTUM"):
+    with pytest.raises(ValueError, match=r"momentum=1.0 \(MODEL.TDE.MOMENTUM\) must be in \[0, 1\)"):
         MultiHeadCosineClassifier(8, 3, momentum=1.0)
-    with pytest.raises(ValueError, match="NUM_HEADS"):
+    with pytest.raises(ValueError, match=r"num_heads=0 \(MODEL.TDE.NUM_HEADS\)"):
         MultiHeadCosineClassifier(8, 3, num_heads=0)
 
 

@@ -85,19 +85,41 @@ def test_predictor_reads_every_tde_key_and_keeps_detectron2_names():
     assert "cls_score.bias" not in sd and "bbox_pred.weight" in sd
 
 
-@pytest.mark.parametrize(
-    "opts, error, match",
-    [
-        (("MODEL.TDE.NUM_HEADS", 3), ValueError, "D=8 is not divisible by MODEL.TDE.NUM_HEADS=3"),
-        (("MODEL.TDE.ALPHA", -0.5), ValueError, "ALPHA must be a number >= 0"),
-        (("MODEL.TDE.INFERENCE", "TDE-ish"), ValueError, "INFERENCE must be one of"),
-        (("MODEL.TDE.SCALE", 0.0), ValueError, "SCALE"),
-        (("MODEL.TDE.GAMMA", -1.0), ValueError, "GAMMA"),
-    ],
-)
-def test_bad_config_values_fail_at_build_time(opts, error, match):
-    with pytest.raises(error, match=match):
-        make_predictor(*opts)
+BAD_VALUES = [  # (config key, argument, bad value, what the message says after "arg=value (KEY)")
+    ("MODEL.TDE.NUM_HEADS", "num_heads", 3, ""),
+    ("MODEL.TDE.ALPHA", "alpha", -0.5, " must be a number >= 0"),
+    ("MODEL.TDE.INFERENCE", "inference", "TDE-ish", r" must be one of \('tde', 'plain'\)"),
+    ("MODEL.TDE.SCALE", "scale", 0.0, ""),
+    ("MODEL.TDE.GAMMA", "gamma", -1.0, " must be a finite number > 0"),
+    ("MODEL.TDE.MOMENTUM", "momentum", 1.0, r" must be in \[0, 1\)"),
+    ("MODEL.TDE.BACKGROUND_EXEMPT", "background_exempt", "yes", " must be True or False"),
+]
+
+
+def _bad_value_pattern(key, arg, value, rest):
+    if arg == "num_heads":  # D=8 is not divisible by num_heads=3 (MODEL.TDE.NUM_HEADS)
+        return rf"D={FEAT} is not divisible by num_heads=3 \({key}\)"
+    if arg == "scale":
+        return rf"scale=0.0 \({key}, tau\) must be a finite number > 0"
+    return rf"{arg}={value!r} \({key}\){rest}"
+
+
+@pytest.mark.parametrize("key, arg, value, rest", [b for b in BAD_VALUES if b[1] != "background_exempt"])
+def test_bad_config_values_fail_at_build_time(key, arg, value, rest):
+    with pytest.raises(ValueError, match=_bad_value_pattern(key, arg, value, rest)):
+        make_predictor(key, value)
+
+
+@pytest.mark.parametrize("key, arg, value, rest", BAD_VALUES)
+def test_bad_arguments_name_the_argument_and_its_config_key(key, arg, value, rest):
+    """Python / LazyConfig users pass arguments, not keys: the error names both."""
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    with pytest.raises(ValueError, match=_bad_value_pattern(key, arg, value, rest)):
+        TDEFastRCNNOutputLayers(
+            ShapeSpec(channels=FEAT), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+            num_classes=NUM_CLASSES, **{arg: value},
+        )  # fmt: skip
 
 
 def test_missing_add_tde_config_is_a_clear_error():
@@ -107,7 +129,7 @@ def test_missing_add_tde_config_is_a_clear_error():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_predict_probs_modes(device, caplog):
+def test_eval_scores_modes(device, caplog):
     x = torch.randn(7, FEAT, device=device)
     proposals = proposals_with_labels([[0] * 3, [0] * 4], device)
 
@@ -115,27 +137,29 @@ def test_predict_probs_modes(device, caplog):
     with caplog.at_level(logging.WARNING, logger=PREDICTOR_LOGGER):
         preds = tde(x)
         before = torch.cat(tde.predict_probs(preds, proposals))
-        tde.predict_probs(preds, proposals)
-    # x̄ still zero: plain softmax, no NaN, one warning.
-    torch.testing.assert_close(before, torch.softmax(preds[0], 1))
-    assert sum("inactive" in r.getMessage() for r in caplog.records) == 1
+    # Detectron2's plain (scores, deltas) tuple; with x̄ still zero the TDE logits are y exactly
+    # (b = 0, no branch), so the scores are the plain softmax; nothing is logged at inference.
+    assert type(preds) is tuple and len(preds) == 2 and preds[0].dtype == torch.float32
+    y = tde.cls_score(x)
+    assert torch.equal(preds[0], y) and torch.equal(before, torch.softmax(y, 1))
+    assert not caplog.records and not tde.tde_active()
 
     mean = torch.randn(FEAT, device=device)
     tde.cls_score.mean_feature.copy_(mean)
     preds = tde(x)
     probs = tde.predict_probs(preds, proposals)
     assert [len(p) for p in probs] == [3, 4]
-    y, b = tde.logit_terms(preds)
+    (y, deltas), b = tde.forward_with_counterfactual(x)
     torch.testing.assert_close(y, tde.cls_score(x))
-    torch.testing.assert_close(b, tde.cls_score.counterfactual(x))  # b from forward == b from features
-    assert b.abs().max() > 0
+    torch.testing.assert_close(b, tde.cls_score.counterfactual(x))
+    assert torch.equal(deltas, preds[1]) and b.abs().max() > 0 and tde.tde_active()
     expected = background_exempt_probs(y, y - 1.5 * b)
     torch.testing.assert_close(torch.cat(probs), expected)
     assert not torch.allclose(torch.cat(probs), torch.softmax(y, 1), atol=1e-3)
 
     tde.alpha = 0.0
-    assert torch.equal(torch.cat(tde.predict_probs(preds, proposals)), torch.softmax(y, 1))
-    with pytest.raises(ValueError, match="ALPHA"):
+    assert torch.equal(torch.cat(tde.predict_probs(tde(x), proposals)), torch.softmax(y, 1))
+    with pytest.raises(ValueError, match=r"alpha=-1.0 \(MODEL.TDE.ALPHA\) must be a number >= 0"):
         tde.alpha = -1.0
 
     no_exempt = make_predictor("MODEL.TDE.BACKGROUND_EXEMPT", False, device=device).eval()
@@ -186,12 +210,58 @@ def test_mean_updates_from_foreground_only_in_training_with_grad(device):
         assert torch.equal(p.cls_score.mean_feature, snapshot)
 
 
-def test_plain_tuple_predictions_are_rejected_with_a_clear_error():
+def test_training_losses_without_their_forward_are_a_clear_error():
+    p = make_predictor().train()
+    proposals = proposals_with_labels([[0, 1]])
+    outputs = (torch.randn(2, NUM_CLASSES + 1), torch.randn(2, 4 * NUM_CLASSES))
+    with EventStorage():
+        with pytest.raises(RuntimeError, match=r"call forward\(x\) in training mode on the same 2 regions first"):
+            p.losses(outputs, proposals)
+        p.losses(p(torch.randn(2, FEAT)), proposals)  # the features are consumed ...
+        with pytest.raises(RuntimeError, match="got no forward"):
+            p.losses(outputs, proposals)  # ... by one losses() call
+        p(torch.randn(3, FEAT))
+        with pytest.raises(RuntimeError, match="got a forward of 3 regions"):
+            p.losses(outputs, proposals)
+
+
+def _softmax_predictor():
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    torch.manual_seed(1)
+    return FastRCNNOutputLayers(
+        ShapeSpec(channels=FEAT), box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)), num_classes=NUM_CLASSES
+    )
+
+
+def test_loading_a_softmax_predictor_says_in_one_line_what_is_kept_and_dropped(caplog):
+    softmax = _softmax_predictor()
+    tde = make_predictor()
+    with caplog.at_level(logging.INFO):
+        result = tde.load_state_dict(softmax.state_dict())  # strict: nothing missing or unexpected
+    assert not result.missing_keys and not result.unexpected_keys
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and caplog.records[0].levelno == logging.WARNING, lines
+    assert "kept cls_score.weight (the class weights)" in lines[0]
+    assert "dropped cls_score.bias" in lines[0] and "starts at zero" in lines[0]
+    assert torch.equal(tde.cls_score.weight, softmax.cls_score.weight)
+    assert torch.equal(tde.bbox_pred.weight, softmax.bbox_pred.weight)
+    assert not tde.cls_score.mean_feature.any()
+
+
+def test_loading_a_zero_mean_warns_at_load_time_not_at_inference(caplog):
+    untrained = make_predictor().state_dict()
+    trained = dict(untrained, **{"cls_score.mean_feature": torch.rand(FEAT) + 0.1})
     p = make_predictor().eval()
-    p.cls_score.mean_feature.fill_(1.0)
-    y, deltas = p(torch.randn(2, FEAT))
-    with pytest.raises(TypeError, match="TDEPredictions"):
-        p.predict_probs((y, deltas), proposals_with_labels([[0, 0]]))
+    with caplog.at_level(logging.WARNING, logger=PREDICTOR_LOGGER):
+        p.load_state_dict(trained)
+        assert not caplog.records
+        p.load_state_dict(untrained)
+        assert len(caplog.records) == 1 and "all zero" in caplog.records[0].getMessage()
+        p(torch.randn(3, FEAT))
+        assert len(caplog.records) == 1
+        make_predictor("MODEL.TDE.INFERENCE", "plain").load_state_dict(untrained)  # plain: nothing to warn
+        assert len(caplog.records) == 1
 
 
 # ---------------------------------------------------------------- whole models
@@ -325,11 +395,18 @@ def test_model_trains_and_infers_with_tde(source, kind, caplog):
     assert all(type(p) is TDEFastRCNNOutputLayers for p in preds)
     assert len({id(p.cls_score.mean_feature) for p in preds}) == len(preds)  # own x̄ per stage
 
-    # Before any training step: TDE inactive, finite plain scores, logged.
+    # Before any training step x̄ = 0: the TDE detections are exactly the plain ones (no branch).
     with caplog.at_level(logging.WARNING, logger=PREDICTOR_LOGGER):
         untrained = detections(model, synthetic_batch(with_targets=False))
-    assert any("inactive" in r.getMessage() for r in caplog.records)
     assert all(torch.isfinite(d["scores"]).all() for d in untrained)
+    for p in preds:
+        p.inference_mode = "plain"
+    untrained_plain = detections(model, synthetic_batch(with_targets=False))
+    for p in preds:
+        p.inference_mode = "tde"
+    for d, q in zip(untrained, untrained_plain):
+        assert all(torch.equal(d[k], q[k]) for k in d)
+    assert not caplog.records
 
     losses = train_one_step(model)
     assert all(torch.isfinite(v) for v in losses.values())

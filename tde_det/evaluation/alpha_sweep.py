@@ -2,8 +2,8 @@
 
 TDE logits are linear in α (DESIGN.md §3): ``TDE(y) = y − α·b``. So backbone, RPN and box head
 run ONCE per batch, keeping per region and cascade stage only ``(y, b)``, both [R, C+1] (from
-``TDEFastRCNNOutputLayers.logit_terms``), and the α-independent boxes of the last stage. Then for
-every α:
+``TDEFastRCNNOutputLayers.forward_with_counterfactual``), and the α-independent boxes of the last
+stage. Then for every α:
 
     probs_α  = tde_probs(y, b, α)                 per stage (§4; α = 0 is softmax(y) = "plain")
     scores_α = Σ_stages probs_α / num_stages      (cascade only: as Detectron2's CascadeROIHeads)
@@ -312,24 +312,27 @@ class AlphaSweep:
         return [x["proposals"].to(self.model.device) for x in batched_inputs]
 
     def _box_stages(self, features, proposals):
-        """[(predictor, TDEPredictions, proposals)] per stage and the last stage's boxes [R_i, C*4]."""
+        """[(predictor, (y, b), box features x, proposals)] per stage and the last stage's boxes [R_i, C*4].
+
+        Each stage's predictor runs once, through ``forward_with_counterfactual`` (y, b and the deltas).
+        """
         heads = self.model.roi_heads
         box_features = [features[f] for f in heads.box_in_features]
-        if not isinstance(heads, CascadeROIHeads):
-            x = heads.box_head(heads.box_pooler(box_features, [p.proposal_boxes for p in proposals]))
-            predictions = heads.box_predictor(x)
-            return [(heads.box_predictor, predictions, proposals)], heads.box_predictor.predict_boxes(
-                predictions, proposals
-            )
-        # As CascadeROIHeads._forward_box at test time: the refinement never depends on the scores.
+        cascade = isinstance(heads, CascadeROIHeads)
         stages, boxes = [], None
         image_sizes = [p.image_size for p in proposals]
-        for k in range(heads.num_cascade_stages):
+        # As Standard/CascadeROIHeads._forward_box at test time (the refinement never depends on the scores).
+        for k in range(heads.num_cascade_stages if cascade else 1):
             if k > 0:
                 proposals = heads._create_proposals_from_boxes(boxes, image_sizes)
-            predictions = heads._run_stage(box_features, proposals, k)
-            boxes = heads.box_predictor[k].predict_boxes(predictions, proposals)
-            stages.append((heads.box_predictor[k], predictions, proposals))
+            if cascade:
+                box_head, predictor = heads.box_head[k], heads.box_predictor[k]
+            else:
+                box_head, predictor = heads.box_head, heads.box_predictor
+            x = box_head(heads.box_pooler(box_features, [p.proposal_boxes for p in proposals]))
+            predictions, b = predictor.forward_with_counterfactual(x)
+            boxes = predictor.predict_boxes(predictions, proposals)
+            stages.append((predictor, (predictions[0], b), x, proposals))
         return stages, boxes
 
     # -- the α-dependent part
@@ -337,10 +340,11 @@ class AlphaSweep:
         """Per-image scores [R_i, C+1] for α, exactly as the ROI heads' inference computes them."""
         per_stage = []
         for predictor, (y, b) in zip(self.predictors, terms):
+            # The model's own eval scores (fp32): softmax of its test-time logits (tde_logits) for this α.
             if alpha == 0.0:  # TDE inactive: Detectron2's softmax (FastRCNNOutputLayers.predict_probs)
-                probs = plain_probs(y).to(y.dtype)
+                probs = plain_probs(y)
             else:
-                probs = tde_probs(y, b, alpha, predictor.background_exempt).to(y.dtype)
+                probs = tde_probs(y, b, alpha, predictor.background_exempt)
             per_stage.append(probs.split(counts, dim=0))
         if not isinstance(self.model.roi_heads, CascadeROIHeads):
             return list(per_stage[0])
@@ -401,15 +405,14 @@ class AlphaSweep:
         features = self.model.backbone(images.tensor)
         proposals = self._proposals(images, features, batched_inputs)
         stages, boxes = self._box_stages(features, proposals)
-        final = stages[-1][2]
+        final = stages[-1][3]
         counts = [len(p) for p in final]
         image_sizes = [p.image_size for p in final]
 
         terms = []
-        for s, (predictor, predictions, _) in enumerate(stages):
-            y, b = predictor.logit_terms(predictions)
+        for s, (predictor, (y, b), x, _) in enumerate(stages):
             terms.append((y, b))
-            self.stats.cos_sum[s] += predictor.cls_score.mean_cosine(predictions.features).double().sum().cpu()
+            self.stats.cos_sum[s] += predictor.cls_score.mean_cosine(x.flatten(1)).double().sum().cpu()
         self.stats.num_regions += sum(counts)
         del stages
 

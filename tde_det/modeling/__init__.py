@@ -5,11 +5,13 @@ Detectron2's ``ROI_HEADS_REGISTRY`` and the demo backbone (``backbone.py``) in `
 """
 
 from . import backbone  # noqa: F401  (registration)
-from .box_predictor import TDEFastRCNNOutputLayers, TDEPredictions
+from .box_predictor import TDEFastRCNNOutputLayers
 from .cosine_classifier import (
     MultiHeadCosineClassifier,
     background_exempt_probs,
+    exempt_logits,
     plain_probs,
+    tde_logits,
     tde_probs,
 )
 from .roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
@@ -18,9 +20,10 @@ __all__ = [
     "MultiHeadCosineClassifier",
     "TDECascadeROIHeads",
     "TDEFastRCNNOutputLayers",
-    "TDEPredictions",
     "TDEStandardROIHeads",
     "background_exempt_probs",
+    "exempt_logits",
     "plain_probs",
+    "tde_logits",
     "tde_probs",
 ]

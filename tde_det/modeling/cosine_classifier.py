@@ -10,7 +10,12 @@ class weight.
     TDE(y_i) = y_i − α b_i,   d̂^k = x̄^k / ‖x̄^k‖
     x̄       ← μ x̄ + (1−μ) mean_{foreground regions}(x)                     (§2)
 
-Scores (§4): ``background_exempt_probs(y, y − α b)``.
+Scores (§4): ``background_exempt_probs(y, y − α b)`` = ``softmax(exempt_logits(y, y − α b))``.
+Test-time logits (what the box predictor returns in eval mode): ``tde_logits(y, b, α, exempt)``.
+
+Everything the box predictor's forward calls is TorchScript-scriptable and traceable (no Python
+branch on tensor values): with x̄ = 0, d̂ = 0 and b = 0 exactly, so the TDE scores reduce to
+softmax(y) by arithmetic alone.
 """
 
 import math
@@ -23,7 +28,9 @@ from torch import nn
 __all__ = [
     "MultiHeadCosineClassifier",
     "background_exempt_probs",
+    "exempt_logits",
     "plain_probs",
+    "tde_logits",
     "tde_probs",
 ]
 
@@ -31,19 +38,24 @@ __all__ = [
 _EPS = 1e-12
 
 
-def _check_positive(name, value):
+def _check_positive(arg, key, value):
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+        raise ValueError(f"{arg}={value!r} ({key}) must be a finite number > 0.")
 
 
 class MultiHeadCosineClassifier(nn.Module):
     """Multi-head normalised classifier with the moving-average feature x̄ (§1-3).
+
+    ``forward`` and ``logits_and_counterfactual`` are scriptable and traceable; x̄ is read as a
+    tensor (a traced or scripted module applies the x̄ loaded into it later).
 
     Parameters / buffers:
         weight (Parameter [C+1, D]): class weights, background row last, no bias.
         mean_feature (buffer [D], float32, persistent): x̄, all zero until the first
             update; saved in and restored from checkpoints.
     """
+
+    __jit_unused_properties__ = ["has_mean"]
 
     def __init__(
         self,
@@ -68,24 +80,25 @@ class MultiHeadCosineClassifier(nn.Module):
         """
         super().__init__()
         if not (isinstance(num_heads, int) and num_heads >= 1):
-            raise ValueError(f"MODEL.TDE.NUM_HEADS must be an integer >= 1, got {num_heads!r}.")
+            raise ValueError(f"num_heads={num_heads!r} (MODEL.TDE.NUM_HEADS) must be an integer >= 1.")
         if input_size % num_heads != 0:
             raise ValueError(
                 f"The box-head feature dimension D={input_size} is not divisible by "
-                f"MODEL.TDE.NUM_HEADS={num_heads}; choose NUM_HEADS dividing D "
+                f"num_heads={num_heads} (MODEL.TDE.NUM_HEADS); choose a number of heads dividing D "
                 f"(e.g. 1, 2 or 4 for D=1024) or change the box head's output size."
             )
         if num_outputs < 2:
             raise ValueError(f"Need at least one foreground class plus background, got {num_outputs} outputs.")
-        _check_positive("MODEL.TDE.SCALE (tau)", scale)
-        _check_positive("MODEL.TDE.GAMMA (gamma)", gamma)
+        _check_positive("scale", "MODEL.TDE.SCALE, tau", scale)
+        _check_positive("gamma", "MODEL.TDE.GAMMA", gamma)
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"MODEL.TDE.MOMENTUM must be in [0, 1), got {momentum!r}.")
+            raise ValueError(f"momentum={momentum!r} (MODEL.TDE.MOMENTUM) must be in [0, 1).")
         self.num_heads = num_heads
         self.scale = float(scale)
         self.gamma = float(gamma)
         self.momentum = float(momentum)
         self.sync_mean = bool(sync_mean)
+        self.eps = _EPS
 
         # Same initialisation as the official causal-norm classifier.
         stdv = 1.0 / math.sqrt(input_size)
@@ -102,25 +115,26 @@ class MultiHeadCosineClassifier(nn.Module):
     # ----------------------------------------------------------------- helpers
     def _split(self, t):
         """[..., D] -> [..., K, Dk] (a view)."""
-        return t.view(*t.shape[:-1], self.num_heads, t.shape[-1] // self.num_heads)
+        return t.unflatten(-1, (self.num_heads, t.shape[-1] // self.num_heads))
 
     def _normalized_feature(self, x):
         """x^k / ‖x^k‖ per head, [R, D] in the weight's dtype (zero chunks stay zero)."""
         xs = self._split(x.to(self.weight.dtype))
-        return (xs / xs.norm(dim=-1, keepdim=True).clamp_min(_EPS)).flatten(-2)
+        return (xs / xs.norm(p=2, dim=-1, keepdim=True).clamp_min(self.eps)).flatten(-2)
 
     def _normalized_weight(self):
         """w_i^k / (‖w_i^k‖ + γ) per head, [C+1, D]."""
         ws = self._split(self.weight)
-        return (ws / (ws.norm(dim=-1, keepdim=True) + self.gamma)).flatten(-2)
+        return (ws / (ws.norm(p=2, dim=-1, keepdim=True) + self.gamma)).flatten(-2)
 
     def _mean_direction_blocks(self):
         """Block-diagonal [D, K]: column k holds d̂^k = x̄^k / ‖x̄^k‖ in the rows of head k."""
         d = self._split(self.mean_feature.to(self.weight.dtype))  # [K, Dk]
-        d = d / d.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        d = d / d.norm(p=2, dim=-1, keepdim=True).clamp_min(self.eps)
         eye = torch.eye(self.num_heads, dtype=d.dtype, device=d.device)
         return (d.unsqueeze(-1) * eye.unsqueeze(1)).flatten(0, 1)  # [K, Dk, K] -> [D, K]
 
+    @torch.jit.unused
     def _check_input(self, x):
         if x.dim() != 2 or x.shape[1] != self.weight.shape[1]:
             raise ValueError(
@@ -128,28 +142,29 @@ class MultiHeadCosineClassifier(nn.Module):
             )
 
     # ----------------------------------------------------------------- logits
+    def _normalized_input_and_weight(self, x):
+        if not (torch.jit.is_scripting() or torch.jit.is_tracing()):
+            self._check_input(x)
+        return self._normalized_feature(x), self._normalized_weight()
+
     def forward(self, x):
-        """Plain cosine logits y (§1). x: [R, D] -> y: [R, C+1]."""
-        return self.logits_and_counterfactual(x, counterfactual=False)[0]
+        """Plain cosine logits y (§1). x: [R, D] -> y: [R, C+1]; y = (τ/K) x̂ Ŵᵀ."""
+        xn, wn = self._normalized_input_and_weight(x)
+        return (self.scale / self.num_heads) * (xn @ wn.t())
 
     def counterfactual(self, x):
         """b: [R, C+1] with TDE(y) = y − α·b (§3). Zero while x̄ is zero."""
         return self.logits_and_counterfactual(x)[1]
 
-    def logits_and_counterfactual(self, x, counterfactual=True):
+    def logits_and_counterfactual(self, x):
         """(y, b), both [R, C+1], sharing the per-head normalisation of x and the weight.
 
         y = (τ/K) x̂ Ŵᵀ;  b = (τ/K) cos · P  with cos = x̂ Dblk [R, K] (cos(x^k, d̂^k)) and
-        P = Dblkᵀ Ŵᵀ [K, C+1] (P_ki = <w_i^k, d̂^k> / (‖w_i^k‖+γ)). b is None when
-        ``counterfactual`` is False.
+        P = Dblkᵀ Ŵᵀ [K, C+1] (P_ki = <w_i^k, d̂^k> / (‖w_i^k‖+γ)). x̄ = 0 gives b = 0 exactly.
         """
-        self._check_input(x)
-        xn = self._normalized_feature(x)
-        wn = self._normalized_weight()
+        xn, wn = self._normalized_input_and_weight(x)
         factor = self.scale / self.num_heads
         y = factor * (xn @ wn.t())
-        if not counterfactual:
-            return y, None
         dblk = self._mean_direction_blocks()  # [D, K]
         cos = xn @ dblk  # [R, K]
         proj = dblk.t() @ wn.t()  # [K, C+1]
@@ -157,13 +172,14 @@ class MultiHeadCosineClassifier(nn.Module):
 
     def mean_cosine(self, x):
         """cos(x^k, d̂^k) per region and head, [R, K] (for α heuristics: α·mean cos ≈ 1)."""
-        self._check_input(x)
-        return self._normalized_feature(x) @ self._mean_direction_blocks()
+        xn, _ = self._normalized_input_and_weight(x)
+        return xn @ self._mean_direction_blocks()
 
     # ----------------------------------------------------------------- mean x̄
     @property
     def has_mean(self) -> bool:
-        """False while x̄ is all zero (before the first foreground update)."""
+        """False while x̄ is all zero (before the first foreground update). Python only (not
+        used by forward: TDE needs no branch on it)."""
         return bool(torch.any(self.mean_feature != 0))
 
     @torch.no_grad()
@@ -192,7 +208,8 @@ class MultiHeadCosineClassifier(nn.Module):
 
 
 # --------------------------------------------------------------------- scores
-def _at_least_fp32(t):
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 (autocast) -> fp32; fp32 / fp64 unchanged (scores are never low precision)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
@@ -201,36 +218,51 @@ def plain_probs(y):
     return F.softmax(_at_least_fp32(y), dim=-1)
 
 
+def exempt_logits(y: torch.Tensor, y_tde: torch.Tensor) -> torch.Tensor:
+    """Logits s [R, C+1] whose softmax is the background-exempt score (§4); background last.
+
+        s_bg = y_bg,   s_i = y_tde_i + lse_j(y_j) − lse_j(y_tde_j)   (i, j foreground)
+
+    softmax(s) = (1 − p_bg) · q_i / (1 − q_bg) and p_bg, as in :func:`background_exempt_probs`:
+    the foreground entries of exp(s) sum to exp(lse(y_fg)), the background one is exp(y_bg).
+    y_tde = y gives s = y exactly (the two log-sum-exps are the same number).
+    """
+    y, y_tde = _at_least_fp32(y), _at_least_fp32(y_tde)
+    shift = torch.logsumexp(y[:, :-1], dim=1, keepdim=True) - torch.logsumexp(y_tde[:, :-1], dim=1, keepdim=True)
+    return torch.cat([y_tde[:, :-1] + shift, y[:, -1:]], dim=1)
+
+
 def background_exempt_probs(y, y_tde):
     """Background-exempt scores (§4), background at index -1. [R, C+1] each -> [R, C+1].
 
         score_bg = p_bg,   score_i = (1 − p_bg) · q_i / (1 − q_bg)   (i fg)
 
-    with p = softmax(y), q = softmax(y_tde). Computed stably as
-    q_i / (1 − q_bg) = softmax(y_tde[:, :C])_i and 1 − p_bg = sigmoid(lse(y[:, :C]) − y_bg),
-    so the foreground scores sum to 1 − p_bg even when p_bg or q_bg is close to 1.
+    with p = softmax(y), q = softmax(y_tde), computed as softmax(:func:`exempt_logits`), so the
+    foreground scores sum to 1 − p_bg even when p_bg or q_bg is close to 1.
     """
-    y, y_tde = _at_least_fp32(y), _at_least_fp32(y_tde)
-    fg_lse = torch.logsumexp(y[:, :-1], dim=1)
-    bg_logit = y[:, -1]
-    fg = torch.sigmoid(fg_lse - bg_logit).unsqueeze(1) * F.softmax(y_tde[:, :-1], dim=1)
-    bg = torch.sigmoid(bg_logit - fg_lse).unsqueeze(1)
-    return torch.cat([fg, bg], dim=1)
+    return F.softmax(exempt_logits(y, y_tde), dim=-1)
+
+
+def tde_logits(y: torch.Tensor, b: torch.Tensor, alpha: float, background_exempt: bool = True) -> torch.Tensor:
+    """Test-time logits [R, C+1] (at least fp32) from (y, b); softmax of them is the TDE score.
+
+    background_exempt=True: ``exempt_logits(y, y − α b)`` (§4).
+    background_exempt=False: ``y − α b`` (TDE logits, ordinary softmax: the paper's
+    "w/o background exemption" ablation).
+    α = 0 or b = 0 (x̄ = 0) give exactly y (in fp32), whose softmax is ``plain_probs(y)``.
+    """
+    y_tde = _at_least_fp32(y) - alpha * _at_least_fp32(b)
+    if background_exempt:
+        return exempt_logits(y, y_tde)
+    return y_tde
 
 
 def tde_probs(y, b, alpha, background_exempt=True):
-    """Test-time scores from the decomposition (y, b): [R, C+1] each -> [R, C+1].
+    """Test-time scores softmax(``tde_logits(y, b, α, background_exempt)``): [R, C+1] each -> [R, C+1].
 
-    background_exempt=True: ``background_exempt_probs(y, y − α b)`` (§4).
-    background_exempt=False: ``softmax(y − α b)`` (TDE logits, ordinary softmax, the
-    paper's "w/o background exemption" ablation).
-    α = 0 returns exactly ``plain_probs(y)`` (TDE(y) = y and §4 reduces to softmax).
+    The same numbers as the box predictor's eval-mode scores under Detectron2's ``predict_probs``;
+    α = 0 returns exactly ``plain_probs(y)``.
     """
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}.")
-    if alpha == 0:
-        return plain_probs(y)
-    y_tde = y - alpha * b
-    if background_exempt:
-        return background_exempt_probs(y, y_tde)
-    return plain_probs(y_tde)
+    if not (isinstance(alpha, (int, float)) and alpha >= 0):
+        raise ValueError(f"alpha must be a number >= 0, got {alpha!r}.")
+    return F.softmax(tde_logits(y, b, float(alpha), bool(background_exempt)), dim=-1)

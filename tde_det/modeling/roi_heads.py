@@ -6,6 +6,7 @@ else (sampling, pooling, box/mask heads, cascade score averaging §5) is Detectr
 only the box predictors are replaced. Each cascade stage has its own classifier and x̄.
 """
 
+import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 
@@ -26,7 +27,16 @@ def _check_predictors(heads_cls, predictors):
 
 @ROI_HEADS_REGISTRY.register()
 class TDEStandardROIHeads(StandardROIHeads):
-    """``StandardROIHeads`` (Faster / Mask R-CNN) with a :class:`TDEFastRCNNOutputLayers`."""
+    """``StandardROIHeads`` (Faster / Mask R-CNN) with a :class:`TDEFastRCNNOutputLayers`.
+
+    Scriptable with ``detectron2.export.scripting_with_instances``, as Detectron2's own.
+    """
+
+    # Detectron2's scripting patch (detectron2.export.torchscript_patch) marks these two attributes
+    # of StandardROIHeads as constants through its class annotations, which a subclass does not
+    # inherit: repeat them, so that TorchScript drops the code of a disabled mask / keypoint head.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @configurable
     def __init__(self, **kwargs):
@@ -44,7 +54,9 @@ class TDEStandardROIHeads(StandardROIHeads):
 class TDECascadeROIHeads(CascadeROIHeads):
     """``CascadeROIHeads`` with one :class:`TDEFastRCNNOutputLayers` (own classifier, own x̄) per stage.
 
-    Test scores are Detectron2's mean over stages of each stage's ``predict_probs``.
+    Test scores are Detectron2's mean over stages of each stage's ``predict_probs``. Traceable
+    (``TracingAdapter``, ONNX); not scriptable, like Detectron2's ``CascadeROIHeads`` (its stages
+    index module lists with a loop variable).
     """
 
     @configurable
