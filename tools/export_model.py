@@ -48,6 +48,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
+from tde_det.engine import cli  # noqa: E402
+from tde_det.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("tde_det.export")
 
@@ -66,8 +68,8 @@ SCRIPTING_FIELDS = {
 OUTPUT_NAME = {"torchscript": "model.ts", "onnx": "model.onnx"}
 
 
-class UsageError(Exception):
-    """A bad argument, file or config: printed as one ``error:`` line."""
+class UsageError(UserError):
+    """A bad argument, file or config: printed as one ``error:`` line (as every tde_det UserError)."""
 
 
 def get_parser():
@@ -82,6 +84,7 @@ def get_parser():
                         help="image to trace with and to check the export on (default: first image of DATASETS.TEST)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory for the exported model")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset version (default {ONNX_OPSET})")
+    cli.add_arguments(parser, data_check=False)  # --debug
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
     return parser
@@ -258,8 +261,5 @@ if __name__ == "__main__":
     args = get_parser().parse_args()
     setup_logger(name="tde_det")
     setup_logger(name="detectron2", abbrev_name="d2")
-    try:
+    with cli.exit_on_user_error(args.debug):  # UsageError, config and data errors: one line, exit 2
         sys.exit(main(args))
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
