@@ -367,7 +367,8 @@ def test_export_tool_as_the_readme_writes_it_reproduces_the_eager_detections(dem
                 else:
                     session = onnxruntime.InferenceSession(os.path.join(out, "model.onnx"),
                                                            providers=["CPUExecutionProvider"])  # fmt: skip
-                    flat = [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: image.numpy()})]
+                    feed = {session.get_inputs()[0].name: image.numpy()}
+                    flat = [torch.from_numpy(o) for o in session.run(None, feed)]
             got = adapter.outputs_schema(flat)[0]["instances"]
         with torch.no_grad():
             assert_same_detections(eager, got)

@@ -249,6 +249,30 @@ def test_loading_a_softmax_predictor_says_in_one_line_what_is_kept_and_dropped(c
     assert not tde.cls_score.mean_feature.any()
 
 
+def test_finetuning_from_a_detectron2_softmax_checkpoint_logs_one_line(tmp_path, caplog):
+    """A Detectron2 Mask R-CNN checkpoint (linear softmax box classifier) loaded into the TDE model
+    with Detectron2's checkpointer: one line about cls_score, no missing/unexpected-key warnings for it."""
+    cfg = tiny_yaml_cfg("standard")
+    softmax_cfg = cfg.clone()
+    softmax_cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    torch.manual_seed(0)
+    softmax = build_model(softmax_cfg)
+    DetectionCheckpointer(softmax, save_dir=str(tmp_path)).save("softmax")
+    torch.manual_seed(1)
+    tde = build_model(cfg)
+    with caplog.at_level(logging.INFO):
+        DetectionCheckpointer(tde).load(str(tmp_path / "softmax.pth"))
+    mentions = [m for m in (r.getMessage() for r in caplog.records) if "cls_score" in m or "mean_feature" in m]
+    assert len(mentions) == 1, mentions
+    assert "kept roi_heads.box_predictor.cls_score.weight (the class weights)" in mentions[0]
+    assert "dropped roi_heads.box_predictor.cls_score.bias" in mentions[0] and "starts at zero" in mentions[0]
+    head = tde.roi_heads.box_predictor
+    assert torch.equal(head.cls_score.weight, softmax.roi_heads.box_predictor.cls_score.weight)
+    assert not head.cls_score.mean_feature.any() and not head.tde_active()
+    train_one_step(tde)  # fine-tuning learns x̄
+    assert head.tde_active()
+
+
 def test_loading_a_zero_mean_warns_at_load_time_not_at_inference(caplog):
     untrained = make_predictor().state_dict()
     trained = dict(untrained, **{"cls_score.mean_feature": torch.rand(FEAT) + 0.1})
