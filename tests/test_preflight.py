@@ -375,3 +375,18 @@ def test_sweep_alpha_runs_the_check_before_building_the_model(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == cli.USER_ERROR_EXIT, proc.stderr[-3000:]
     assert "1 of 4 image files do not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("opts, words", [
+    (["MODEL.TDE.MOMENTUM", "1.5"], "MODEL.TDE.MOMENTUM"),
+    (["MODEL.TDE.NUM_HEADS", "7"], "not divisible by num_heads=7"),
+    (["MODEL.TDE.INFERENCE", "tdee"], "MODEL.TDE.INFERENCE"),
+    (["MODEL.RESNETS.DEPTH", "34"], "MODEL.RESNETS.DEPTH"),
+])  # fmt: skip
+def test_model_config_errors_are_config_errors(opts, words):
+    """Raised while the tools build the model (after the pre-flight): one "error:" line too."""
+    from tde_det import get_tde_cfg
+    from tde_det.engine import Trainer
+
+    with pytest.raises(ConfigError, match=words):
+        Trainer.build_model(get_tde_cfg(TINY, opts))

@@ -19,6 +19,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 
+from ..errors import ConfigError
+
 _BLOCKS_PER_STAGE = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2]}
 
 
@@ -26,7 +28,7 @@ def build_small_resnet(cfg, input_shape: ShapeSpec):
     """A BasicBlock ResNet of any width, res2..res5 at strides 4..32."""
     depth = cfg.MODEL.RESNETS.DEPTH
     if depth not in _BLOCKS_PER_STAGE:
-        raise ValueError(
+        raise ConfigError(
             f"build_small_resnet_fpn_backbone supports MODEL.RESNETS.DEPTH in {sorted(_BLOCKS_PER_STAGE)}, "
             f"got {depth}; use build_resnet_fpn_backbone for deeper ResNets."
         )

@@ -15,6 +15,7 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
+from ..errors import ConfigError
 from .cosine_classifier import MultiHeadCosineClassifier, _at_least_fp32, tde_logits
 
 __all__ = ["TDEFastRCNNOutputLayers"]
@@ -84,13 +85,13 @@ class TDEFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         super().__init__(input_shape, **kwargs)
         if inference not in INFERENCE_MODES:
-            raise ValueError(f"inference={inference!r} (MODEL.TDE.INFERENCE) must be one of {INFERENCE_MODES}.")
+            raise ConfigError(f"inference={inference!r} (MODEL.TDE.INFERENCE) must be one of {INFERENCE_MODES}.")
         if not isinstance(background_exempt, bool):
-            raise ValueError(
+            raise ConfigError(
                 f"background_exempt={background_exempt!r} (MODEL.TDE.BACKGROUND_EXEMPT) must be True or False."
             )
         if getattr(self, "use_sigmoid_ce", False) and inference == "tde":
-            raise ValueError(
+            raise ConfigError(
                 "use_sigmoid_ce=True (MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE) with inference='tde' "
                 "(MODEL.TDE.INFERENCE): De-confound-TDE scores are defined for the softmax classifier; set "
                 "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False or MODEL.TDE.INFERENCE 'plain'."
@@ -138,7 +139,7 @@ class TDEFastRCNNOutputLayers(FastRCNNOutputLayers):
     @alpha.setter
     def alpha(self, value):
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and value == value):
-            raise ValueError(f"alpha={value!r} (MODEL.TDE.ALPHA) must be a number >= 0.")
+            raise ConfigError(f"alpha={value!r} (MODEL.TDE.ALPHA) must be a number >= 0.")
         self._alpha = float(value)
 
     def forward(self, x):

@@ -25,6 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError  # a ValueError: the tools print it as one "error:" line
+
 __all__ = [
     "MultiHeadCosineClassifier",
     "background_exempt_probs",
@@ -40,7 +42,7 @@ _EPS = 1e-12
 
 def _check_positive(arg, key, value):
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{arg}={value!r} ({key}) must be a finite number > 0.")
+        raise ConfigError(f"{arg}={value!r} ({key}) must be a finite number > 0.")
 
 
 class MultiHeadCosineClassifier(nn.Module):
@@ -80,19 +82,19 @@ class MultiHeadCosineClassifier(nn.Module):
         """
         super().__init__()
         if not (isinstance(num_heads, int) and num_heads >= 1):
-            raise ValueError(f"num_heads={num_heads!r} (MODEL.TDE.NUM_HEADS) must be an integer >= 1.")
+            raise ConfigError(f"num_heads={num_heads!r} (MODEL.TDE.NUM_HEADS) must be an integer >= 1.")
         if input_size % num_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"The box-head feature dimension D={input_size} is not divisible by "
                 f"num_heads={num_heads} (MODEL.TDE.NUM_HEADS); choose a number of heads dividing D "
                 f"(e.g. 1, 2 or 4 for D=1024) or change the box head's output size."
             )
         if num_outputs < 2:
-            raise ValueError(f"Need at least one foreground class plus background, got {num_outputs} outputs.")
+            raise ConfigError(f"Need at least one foreground class plus background, got {num_outputs} outputs.")
         _check_positive("scale", "MODEL.TDE.SCALE, tau", scale)
         _check_positive("gamma", "MODEL.TDE.GAMMA", gamma)
         if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"momentum={momentum!r} (MODEL.TDE.MOMENTUM) must be in [0, 1).")
+            raise ConfigError(f"momentum={momentum!r} (MODEL.TDE.MOMENTUM) must be in [0, 1).")
         self.num_heads = num_heads
         self.scale = float(scale)
         self.gamma = float(gamma)
