@@ -1,6 +1,6 @@
 """Whole model: LVIS v1 Mask R-CNN R50-FPN with TDE heads vs Detectron2's standard heads.
 
-    .venv/bin/python benchmarks/bench_model.py [--device cuda] [--reps 9]
+    .venv/bin/python benchmarks/bench_model.py [--device cuda] [--reps 9] [--scale 1.0]
 
 Random weights (the TDE model gets the baseline's weights for every shared parameter, so both see
 the same proposals; GroupNorm and real pixel std so that random weights give ~1000 proposals;
@@ -27,7 +27,7 @@ from detectron2.utils.events import EventStorage
 
 from tde_det import add_tde_config
 
-H, W = 800, 1333
+H, W = 800, 1333  # LVIS size; --scale shrinks it (and the ground truth) for quick CPU runs
 
 
 def build(kind, device):
@@ -63,21 +63,26 @@ def build_pair(device):
     return baseline, tde
 
 
-def make_inputs(device):
+def image_size(scale):
+    return round(H * scale), round(W * scale)
+
+
+def make_inputs(device, scale=1.0):
+    h, w = image_size(scale)
     gen = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, H, W), generator=gen, dtype=torch.uint8).to(device)
-    boxes = torch.tensor([[100.0, 120.0, 400.0, 500.0], [600.0, 50.0, 1200.0, 700.0], [300, 300, 420, 380]])
-    masks = torch.zeros(len(boxes), H, W, dtype=torch.bool)
+    image = torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8).to(device)
+    boxes = torch.tensor([[100.0, 120.0, 400.0, 500.0], [600.0, 50.0, 1200.0, 700.0], [300, 300, 420, 380]]) * scale
+    masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
     for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
         m[y0:y1, x0:x1] = True
-    inst = Instances((H, W), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([3, 500, 1100]), gt_masks=BitMasks(masks))
+    inst = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([3, 500, 1100]), gt_masks=BitMasks(masks))
     train_inputs = [{"image": image, "instances": inst.to(device)}]
-    test_inputs = [{"image": image, "height": H, "width": W}]
+    test_inputs = [{"image": image, "height": h, "width": w}]
     return train_inputs, test_inputs
 
 
-def runners(model, device):
-    train_inputs, test_inputs = make_inputs(device)
+def runners(model, device, scale=1.0):
+    train_inputs, test_inputs = make_inputs(device, scale)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
 
     def infer():
@@ -96,12 +101,12 @@ def runners(model, device):
     return infer, train_step
 
 
-def measure_memory(kind, device):
+def measure_memory(kind, device, scale):
     """Child process: one inference and one training step of one model, print its peak memory (MiB)."""
     baseline, tde = build_pair(device)
     model = tde if kind == "tde" else baseline
     del baseline, tde
-    infer, train_step = runners(model, device)
+    infer, train_step = runners(model, device, scale)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     infer()
@@ -110,11 +115,11 @@ def measure_memory(kind, device):
     print(json.dumps({"peak_mib": peak}))
 
 
-def memory_rows(device):
+def memory_rows(device, scale):
     peaks = {}
     for kind in ("baseline", "tde"):
         out = subprocess.run(
-            [sys.executable, __file__, "--device", device, "--memory-of", kind],
+            [sys.executable, __file__, "--device", device, "--scale", str(scale), "--memory-of", kind],
             capture_output=True, text=True, check=True,
         )
         peaks[kind] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -129,22 +134,24 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--scale", type=float, default=1.0, help="image size factor (1: 800 x 1333, LVIS size)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--memory-of", choices=["baseline", "tde"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
-        return measure_memory(args.memory_of, args.device)
+        return measure_memory(args.memory_of, args.device, args.scale)
 
-    rows = [memory_rows(args.device)]
+    h, w = image_size(args.scale)
+    rows = [memory_rows(args.device, args.scale)]
     baseline, tde = build_pair(args.device)
-    base_infer, base_train = runners(baseline, args.device)
-    tde_infer, tde_train = runners(tde, args.device)
+    base_infer, base_train = runners(baseline, args.device, args.scale)
+    tde_infer, tde_train = runners(tde, args.device, args.scale)
     counts = [len(infer()[0]["instances"]) for infer in (base_infer, tde_infer)]
     print(f"detections per image: baseline {counts[0]}, TDE {counts[1]}")
     if counts[0] != counts[1]:
         raise SystemExit("error: the two models keep different numbers of detections; the comparison would be unfair.")
     b, t, r = paired_times(base_infer, tde_infer, args.device, args.warmup, args.reps)
-    rows.insert(0, summarize("inference, 1 image 800x1333", b, t, r, 1.02))
+    rows.insert(0, summarize(f"inference, 1 image {h}x{w}", b, t, r, 1.02))
     b, t, r = paired_times(base_train, tde_train, args.device, args.warmup, args.reps)
     rows.insert(1, summarize("training step, 1 image", b, t, r, 1.03))
 
@@ -156,7 +163,8 @@ def main():
         print(f"{row['case']}: baseline {1000 / row['baseline_ms']:.2f} images/s, TDE {1000 / row['tde_ms']:.2f} images/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "image_size": [h, w], "detections": counts, "reps": args.reps, "rows": rows},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

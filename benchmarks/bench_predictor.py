@@ -1,6 +1,6 @@
 """Box predictor alone at LVIS size: TDEFastRCNNOutputLayers vs Detectron2's FastRCNNOutputLayers.
 
-    .venv/bin/python benchmarks/bench_predictor.py [--device cuda] [--reps 10]
+    .venv/bin/python benchmarks/bench_predictor.py [--device cuda] [--reps 10] [--inference-regions 1000]
 
 1,203 + 1 classes, 1,024-d features, class-specific box regression.
 inference: 1,000 regions x 2 images, forward + predict_probs + fast_rcnn_inference (predictor.inference).
@@ -60,6 +60,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--inference-regions", type=int, default=1000, help="regions per image at inference")
+    parser.add_argument("--train-regions", type=int, default=512, help="sampled regions per image in training")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     device = args.device
@@ -76,9 +78,10 @@ def main():
             buf.copy_(torch.rand(DIM, generator=gen).to(device))
 
     rows = []
-    # inference: 1,000 regions x 2 images
-    feats = torch.relu(torch.randn(2000, DIM, generator=gen)).to(device)
-    props = random_proposals(2, 1000, device, gen, with_gt=False)
+    # inference: --inference-regions (1,000) x 2 images
+    n = args.inference_regions
+    feats = torch.relu(torch.randn(2 * n, DIM, generator=gen)).to(device)
+    props = random_proposals(2, n, device, gen, with_gt=False)
     baseline.eval(), tde.eval()
 
     def infer(model):
@@ -86,12 +89,13 @@ def main():
             return model.inference(model(feats), props)
 
     base, tde_t, ratios = paired_times(lambda: infer(baseline), lambda: infer(tde), device, args.warmup, args.reps)
-    rows.append(summarize("inference 2x1000 regions", base, tde_t, ratios, 1.2))
+    rows.append(summarize(f"inference 2x{n} regions", base, tde_t, ratios, 1.2))
     print(f"inference: median ratio {rows[0]['ratio']:.3f} (training next)", flush=True)
 
-    # training: 512 regions x 2 images
-    feats = torch.relu(torch.randn(1024, DIM, generator=gen)).to(device).requires_grad_(True)
-    props = random_proposals(2, 512, device, gen, with_gt=True)
+    # training: --train-regions (512) x 2 images
+    n = args.train_regions
+    feats = torch.relu(torch.randn(2 * n, DIM, generator=gen)).to(device).requires_grad_(True)
+    props = random_proposals(2, n, device, gen, with_gt=True)
     baseline.train(), tde.train()
 
     def train_step(model):
@@ -104,13 +108,13 @@ def main():
     base, tde_t, ratios = paired_times(
         lambda: train_step(baseline), lambda: train_step(tde), device, args.warmup, args.reps
     )
-    rows.append(summarize("training 2x512 regions", base, tde_t, ratios, 1.2))
+    rows.append(summarize(f"training 2x{n} regions", base, tde_t, ratios, 1.2))
 
     print(f"Box predictor, LVIS size ({NUM_CLASSES}+1 classes, {DIM}-d), device={device}, reps={args.reps}")
     print_table(rows, ["case", "baseline_ms", "tde_ms", "ratio", "target", "ok"])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"device": device, "reps": args.reps, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
