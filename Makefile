@@ -23,3 +23,11 @@ peer-test: env  ## Detectron2's tests/modeling/test_roi_heads.py + test_model_e2
 
 clean-env:
 	rm -rf $(VENV) build
+
+# The prepared GPU check (issue 13; docs/BENCHMARKS.md, "CUDA"): the wheels it carries, and its local stand-in.
+.PHONY: device-wheels device-check-sim
+device-wheels: env  ## wheels the borrowed GPU machine lacks (CPython 3.12 manylinux x86-64) into build/device-wheels
+	bash benchmarks/device_wheels.sh
+
+device-check-sim: device-wheels  ## benchmarks/device_check.sh --simulate: the GPU check's steps on CPU, in a stand-in venv
+	bash benchmarks/device_check.sh --simulate
