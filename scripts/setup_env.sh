@@ -73,9 +73,23 @@ find_python() {
 }
 py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo none; }
 
-if [[ -x "$PY" && -n "${TDE_DET_PYTHON:-}" && "$(py_version "$PY")" != "$(py_version "$(find_python)")" ]]; then
-    echo "[setup_env] $VENV has Python $(py_version "$PY"), TDE_DET_PYTHON=$TDE_DET_PYTHON is $(py_version "$(find_python)"): recreating it"
-    rm -rf "$VENV"
+check_supported() {  # check_supported INTERPRETER VERSION
+    if [[ " $SUPPORTED " != *" $2 "* ]]; then
+        echo "[setup_env] need Python 3.11, 3.12 or 3.13; '$1' is ${2/none/not a working interpreter}." \
+            "Install one, or set TDE_DET_PYTHON=/path/to/python3.1x" >&2
+        return 1
+    fi
+}
+
+if [[ -x "$PY" && -n "${TDE_DET_PYTHON:-}" ]]; then
+    BASE_PY="$(find_python)"
+    WANT="$(py_version "$BASE_PY")"
+    if [[ "$(py_version "$PY")" != "$WANT" ]]; then
+        CURRENT_STEP="check TDE_DET_PYTHON"
+        check_supported "$BASE_PY" "$WANT"
+        echo "[setup_env] $VENV has Python $(py_version "$PY"), TDE_DET_PYTHON=$TDE_DET_PYTHON is $WANT: recreating it"
+        rm -rf "$VENV"
+    fi
 fi
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(env_hash)" ]] && verify 2>/dev/null; then
@@ -89,11 +103,7 @@ if [[ -x "$PY" ]]; then
 else
     BASE_PY="$(find_python)"
     WANT="$(py_version "$BASE_PY")"
-    if [[ " $SUPPORTED " != *" $WANT "* ]]; then
-        echo "[setup_env] need Python 3.11, 3.12 or 3.13; '$BASE_PY' is ${WANT/none/not a working interpreter}." \
-            "Install one, or set TDE_DET_PYTHON=/path/to/python3.1x" >&2
-        false
-    fi
+    check_supported "$BASE_PY" "$WANT"
     echo "[setup_env] using $BASE_PY (Python $WANT)"
     "$BASE_PY" -m venv "$VENV"
 fi
