@@ -256,14 +256,15 @@ def test_visualize_cam_writes_one_png_per_image(cam_dataset, tmp_path):
         rows = call.args[1]
         assert len(rows) == 2  # --cam-top 2
         for row in rows:
-            # main model plain | TDE, then the softmax model's plain logit
+            # the image around the box, main model plain | TDE, then the softmax model's plain logit
             titles = [title for title, _, _ in row]
-            assert len(row) == 3 and "plain y" in titles[0] and "y-1.5b" in titles[1] and "softmax: plain y" in titles[2]
+            assert len(row) == 4 and "detection, alpha=1.5" in titles[0] and row[0][1] is None
+            assert "plain y" in titles[1] and "y-1.5b" in titles[2] and "softmax: plain y" in titles[3]
             name = titles[0].split(" (")[0]
             assert name in names and titles[0][len(name):].startswith((" (r)", " (c)", " (f)"))
             assert all(t.split("\n")[0].startswith(name) for t in titles)
-            for _, cam, box in row:
-                assert cam.min() >= 0 and cam.max() <= 1 and len(box) == 4
+            for _, cam, box in row[1:]:
+                assert cam.min() >= 0 and cam.max() <= 1 and len(box) == 4 and box == row[0][2]
 
     # without --cam-top: the detections >= --score-thresh (none at 1.0 -> a "no detections" panel)
     out2 = tmp_path / "cam_thresh"

@@ -26,6 +26,7 @@ Panel titles: class, frequency group (r/c/f, from the dataset's LVIS json) and t
 """
 
 import argparse
+import io
 import math
 import os
 import re
@@ -40,6 +41,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
@@ -176,8 +178,9 @@ def class_frequency(metadata):
 
 
 def cam_rows(model, compare, model_input, inst, alpha, metadata, frequency):
-    """Per detection [(title, CAM [H, W] in [0, 1], box XYXY)]: the main model's plain and TDE CAM,
-    then the second model's (its plain, and its TDE when it has a TDE head) on the same boxes."""
+    """Per detection [(title, CAM [H, W] in [0, 1] or None, box XYXY)]: the image around the box (title:
+    the detection's score), the main model's plain and TDE CAM, then the second model's (its plain, and
+    its TDE when it has a TDE head) on the same boxes (titles: each logit's score for the box)."""
     height, width = inst.image_size
     boxes, classes = inst.pred_boxes.tensor, inst.pred_classes
     names = metadata.get("thing_classes", None)
@@ -199,39 +202,50 @@ def cam_rows(model, compare, model_input, inst, alpha, metadata, frequency):
     for r, c in enumerate(classes.tolist()):
         name = names[c] if names and c < len(names) else f"class {c}"
         group = f" ({frequency[c]})" if frequency else ""
-        rows.append([(f"{name}{group}: {score[r]:.2f}\n{title}", cam[r].numpy(), boxes[r].tolist())
-                     for title, cam, score in columns])  # fmt: skip
+        image = (f"{name}{group}\ndetection, alpha={alpha:g}: {float(inst.scores[r]):.2f}", None, boxes[r].tolist())
+        rows.append([image] + [(f"{name}{group}: {score[r]:.2f}\n{title}", cam[r].numpy(), boxes[r].tolist())
+                               for title, cam, score in columns])  # fmt: skip
     return rows
 
 
 def draw_cam_rows(image, rows, path):
-    """Save one row of CAM panels per detection as one PNG: jet colour map (red = strongest) over the
-    box, more opaque where the map is stronger; the white rectangle is the box."""
+    """Save one row of panels per detection as one PNG; rows: [(title, CAM [H, W] or None, box)].
+    Each panel shows the detection's box (white) with a margin of one box size on every side (the box
+    head sees only the box; the margin shows the context) and the CAM, if any, as a jet colour map
+    (red = strongest), more opaque where it is stronger."""
     from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
     h, w = image.shape[:2]
     rows = rows or [[("no detections", None, None)]]
     ncol = max(len(r) for r in rows)
-    fig = Figure(figsize=(1.9 * ncol, (1.9 * h / w + 0.4) * len(rows)), dpi=100)
+    fig = Figure(figsize=(1.7 * ncol, 2.0 * len(rows)), dpi=90)
     for i, row in enumerate(rows):
         for j, (title, cam, box) in enumerate(row):
             ax = fig.add_subplot(len(rows), ncol, i * ncol + j + 1)
             ax.imshow(image)
-            if cam is not None:
-                heat = colormaps["jet"](cam)
+            if box is not None:
                 x0, y0, x1, y1 = box
-                in_box = (slice(int(y0), math.ceil(y1)), slice(int(x0), math.ceil(x1)))
-                opacity = np.zeros(cam.shape)
-                opacity[in_box] = 0.15 + 0.65 * cam[in_box]
-                heat[..., 3] = opacity
-                ax.imshow(heat)
+                if cam is not None:
+                    heat = colormaps["jet"](cam)
+                    in_box = (slice(int(y0), math.ceil(y1)), slice(int(x0), math.ceil(x1)))
+                    opacity = np.zeros(cam.shape)
+                    opacity[in_box] = 0.1 + 0.6 * cam[in_box]
+                    heat[..., 3] = opacity
+                    ax.imshow(heat)
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=0.8))
+                side = max(x1 - x0, y1 - y0, 8.0) * 3
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                ax.set_xlim(max(cx - side / 2, -0.5), min(cx + side / 2, w - 0.5))
+                ax.set_ylim(min(cy + side / 2, h - 0.5), max(cy - side / 2, -0.5))
             ax.set_title(title, fontsize=6)
             ax.axis("off")
     fig.tight_layout()
     FigureCanvasAgg(fig)
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    # a 256-colour palette: a third of the size, no visible loss for these pictures
+    Image.open(buffer).convert("RGB").quantize(colors=256).save(path, optimize=True)
     return path
 
 

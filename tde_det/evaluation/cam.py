@@ -4,7 +4,7 @@ Map: the ROI-pooled box features, i.e. the S×S region (S = ``MODEL.ROI_BOX_HEAD
 7) that Detectron2's ``box_pooler`` samples from the FPN level it assigns the box to; the S×S map is
 upsampled into the box on the image (:func:`paste_cams`, Detectron2's ``paste_masks_in_image``,
 which uses the same box-to-bin geometry as ROIAlign). Outside its box a detection's map is 0: the
-box head sees nothing else.
+box head sees nothing else (up to ROIAlign's bilinear border).
 
 For a detection r of class c = c_r with pooled features A_r [Ch, S, S] and a target logit s_r:
 
@@ -21,8 +21,8 @@ head applied to the same pooled features.
 
 The logits are recomputed on the given boxes (usually the drawn detections, i.e. the regressed
 boxes), so they, and the scores reported with them, are what the model gives these boxes as
-proposals -- close to, not exactly, the detection's own score, which was computed on the proposal
-before box regression.
+proposals. The detection's own score was computed on its proposal before box regression; the two
+agree for well-localised detections and can differ a lot for loose ones.
 """
 
 from dataclasses import dataclass
