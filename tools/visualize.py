@@ -18,11 +18,13 @@ is the cosine softmax (De-confound, alpha 0), TDE the background-exempt TDE scor
 background exemption the two are calibrated alike, so one threshold serves both. Images of a
 dataset also get a ground-truth panel. Runs on one process (``MODEL.DEVICE`` as configured).
 
-``--cam``: instead, one row per TDE detection (those drawn, or the ``--cam-top N`` best) with the
-Grad-CAM (:mod:`tde_det.evaluation.cam`: the ROI-pooled 7x7 box features upsampled into the box) of
-the plain logit y_c and of the TDE logit y_c - alpha*b_c; with ``--compare-weights/--compare-config``
-also the CAMs of a second model (e.g. the softmax baseline: plain logit only) on the same boxes.
-Panel titles: class, frequency group (r/c/f, from the dataset's LVIS json) and the model's score.
+``--cam``: instead, one row per TDE detection (those drawn, or the ``--cam-top N`` best): the image
+around the box with the detection's score, then the Grad-CAM (:mod:`tde_det.evaluation.cam`: the
+ROI-pooled 7x7 box features, upsampled into the box) of the plain logit y_c and of the TDE logit
+y_c - alpha*b_c; with ``--compare-weights/--compare-config`` also the CAMs of a second model (e.g. the
+softmax baseline: plain logit only) on the same boxes. Panel titles: class, frequency group (r/c/f,
+from the dataset's LVIS json) and the score (CAM panels: that logit's score for the drawn box).
+Written as OUTPUT/<image>_alpha<alpha>_cam.png.
 """
 
 import argparse
