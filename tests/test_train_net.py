@@ -107,8 +107,8 @@ def test_eval_only_with_lvis_api_gives_the_fast_evaluators_numbers(trained, data
     _run(data_root, "--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
          "TEST.LVIS_EVAL.BACKEND", "lvis-api", "OUTPUT_DIR", api_dir, *FAST)
     api = _results(api_dir)
-    assert set(api) == set(fast) == {"plain", "tde_alpha1.5"}
-    for key in fast:
+    assert set(api) == {"plain", "tde_alpha1.5"} <= set(fast)  # fast: maybe other alphas of other tests
+    for key in api:
         for task in ("bbox", "segm"):
             ours, ref = fast[key]["results"][task], api[key]["results"][task]
             assert {"AP", "AP50", "AP75", "APr", "APc", "APf"} <= set(ours) & set(ref)
