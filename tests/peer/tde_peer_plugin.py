@@ -31,13 +31,9 @@ EXPECTED_DIFFERENCES = {
         "heads built after it get other initial weights (other loss_box_reg, loss_mask)"
     ),
 }
-# Expected to fail until the TDE heads can be scripted (issue 10 / helper #14's export work): remove
-# the entry when that lands (an XPASS fails the run).
-PENDING_SCRIPTING = {
-    "test_roi_heads.py::ROIHeadsTest::test_StandardROIHeads_scriptability": (
-        "torch.jit.script of the TDE ROI heads: their box predictor's forward output is not scriptable yet"
-    ),
-}
+# Tests expected to fail until the TDE heads support them (an XPASS fails the run). Empty since
+# issue 14: test_StandardROIHeads_scriptability passes with the TDE heads (scripting works).
+PENDING_SCRIPTING = {}
 # Skipped where the installed detectron2 has no compiled ops (the default PyPI v0.6 release with
 # tde_det's stand-in detectron2._C): rotated boxes need them.
 NEEDS_COMPILED_OPS = {
