@@ -300,9 +300,9 @@ def demo_weights(tmp_path_factory):
 
 
 def _readme_export_commands():
-    """The README's export commands (one per line, starting with ``python tools/export_model.py``)."""
+    """The README's export commands (one per line, starting with ``.venv/bin/python tools/export_model.py``)."""
     with open(README, encoding="utf-8") as f:
-        return re.findall(r"^python tools/export_model\.py .*$", f.read(), flags=re.M)
+        return re.findall(r"^\.venv/bin/python tools/export_model\.py .*$", f.read(), flags=re.M)
 
 
 def _run_tool(argv, data_root):
