@@ -196,10 +196,11 @@ def cam_rows(model, compare, model_input, inst, alpha, metadata, frequency):
     columns = []
     for label, m, x in models:
         cams = detection_cams(m, x, boxes, classes, alpha=alpha if has_tde_head(m) else None)
-        columns.append((f"{label}: plain y", paste_cams(cams.plain, boxes, height, width), cams.plain_scores))
+        # maps and scores come on the model's device; drawn on the CPU with the CPU boxes
+        columns.append((f"{label}: plain y", paste_cams(cams.plain.cpu(), boxes, height, width), cams.plain_scores.cpu()))
         if cams.tde is not None:
             title = f"{label}-TDE: y-{cams.alpha:g}b" if label == "De-confound" else f"{label}: TDE y-{cams.alpha:g}b"
-            columns.append((title, paste_cams(cams.tde, boxes, height, width), cams.tde_scores))
+            columns.append((title, paste_cams(cams.tde.cpu(), boxes, height, width), cams.tde_scores.cpu()))
     rows = []
     for r, c in enumerate(classes.tolist()):
         name = names[c] if names and c < len(names) else f"class {c}"

@@ -140,7 +140,7 @@ def detection_cams(model, model_input: dict, boxes, classes: torch.Tensor, alpha
         alpha: α of the TDE logit (default: the last box predictor's ``alpha``,
             ``MODEL.TDE.ALPHA``); must be None for a softmax model.
 
-    Returns :class:`DetectionCams` (maps [R, S, S] on the CPU-or-model device, scores [R]).
+    Returns :class:`DetectionCams` (maps [R, S, S] and scores [R], on the model's device).
     Parameters' ``.grad`` are not touched (``torch.autograd.grad`` w.r.t. the pooled features).
     """
     model, heads, box_heads, predictors = _box_parts(model)
