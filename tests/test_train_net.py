@@ -4,6 +4,7 @@ The CLI runs in subprocesses with DETECTRON2_DATASETS pointing at a temporary di
 tiny demo set is generated there; each run is a few iterations of configs/demo/tde_mask_rcnn_tiny.yaml.
 """
 
+import glob
 import importlib.util
 import json
 import os
@@ -328,3 +329,12 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     # reads and listings still go through Detectron2's path manager
     assert ckpt.has_checkpoint() and ckpt.get_checkpoint_file().endswith("model_0000001.pth")
     assert ckpt.get_all_checkpoint_files() == [str(target)]
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(REPO, "configs", "lvis*.yaml"))))
+def test_lvis_configs_write_where_the_readme_reads(name):
+    """README's eval/sweep/visualize commands load output/<config name>/model_final.pth."""
+    from tde_det import get_tde_cfg
+
+    cfg = get_tde_cfg(os.path.join(REPO, "configs", name + ".yaml"))
+    assert cfg.OUTPUT_DIR == f"output/{name}"
