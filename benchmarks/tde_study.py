@@ -233,7 +233,26 @@ def paired_differences(data, dataset, metric="AP"):
     return out
 
 
-def format_tables(data):
+def group_shares(details, dataset, frequency, alpha=PAPER_ALPHA):
+    """Per seed of `dataset`'s De-confound models in `details`: (mean cos on val, {setting: {group:
+    share of the top-1 predictions of plain-foreground val regions}}) for plain and TDE at `alpha`."""
+    out = OrderedDict()
+    for key in sorted(details):
+        ds, model, seed = key.split("/")
+        val = details[key].get("val")
+        if ds != dataset or model != "deconfound" or not val:
+            continue
+        shares = {}
+        for name, counts in (("plain", val["top1_plain"]), (f"alpha={alpha:g}", val["top1"][f"alpha={alpha:g}"])):
+            total = float(sum(counts)) or 1.0
+            shares[name] = {g: sum(c for c, f in zip(counts, frequency) if f == g) / total for g in "fcr"}
+        out[seed] = (val["mean_cos"], shares)
+    return out
+
+
+def format_tables(data, details=None, frequencies=None):
+    """The Markdown tables of every data set in `data`, the paired TDE − plain differences and, with
+    `details` and `frequencies` (data set -> r/c/f per class), mean cos and top-1 shares per group."""
     parts = []
     for dataset in DATASETS:
         if not any(r["dataset"] == dataset for r in data["runs"]):
@@ -248,7 +267,32 @@ def format_tables(data):
                                  + ", ".join(f"{v:+.1f}" for v in d) + ")")
         if diffs:
             parts.append("TDE − plain, same weights (paired per seed): " + "; ".join(diffs) + ".")
+        if details and frequencies and dataset in frequencies:
+            shares = group_shares(details, dataset, frequencies[dataset])
+            if shares:
+                cells = []
+                for seed, (cos, sh) in shares.items():
+                    a = f"alpha={PAPER_ALPHA:g}"
+                    cells.append(f"{seed}: mean cos(x, d̂) {cos:.3f}; top-1 share f/c/r plain "
+                                 + "/".join(f"{sh['plain'][g]:.2f}" for g in "fcr") + f", TDE α={PAPER_ALPHA:g} "
+                                 + "/".join(f"{sh[a][g]:.2f}" for g in "fcr"))
+                parts.append("Val regions (De-confound models): " + "; ".join(cells) + ".")
     return "\n\n".join(parts)
+
+
+def _frequencies():
+    """Data set -> LVIS frequency group per class (from the generated val json, generating it if needed)."""
+    from detectron2.data import MetadataCatalog
+
+    import tde_det  # noqa: F401  (registers the demo sets)
+    from tde_det.data import prepare_dataset
+
+    out = {}
+    for ds, prefix in DATASETS.items():
+        prepare_dataset(f"{prefix}_val")
+        with open(MetadataCatalog.get(f"{prefix}_val").json_file) as f:
+            out[ds] = [c["frequency"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
+    return out
 
 
 TABLE_BEGIN = "<!-- tde_study --table: begin (generated from docs/results/tde_study.json; do not edit) -->"
@@ -467,7 +511,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.table:
         try:
-            tables = format_tables(load_study(args.output))
+            details = None
+            if os.path.isfile(_details_path(args.output)):
+                with open(_details_path(args.output)) as f:
+                    details = json.load(f)
+            tables = format_tables(load_study(args.output), details, _frequencies() if details else None)
             if args.update_doc:
                 update_doc(args.update_doc, tables)
         except (OSError, ValueError) as e:

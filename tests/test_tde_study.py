@@ -135,3 +135,16 @@ def test_update_doc_replaces_only_the_marked_block(tmp_path):
     (tmp_path / "S.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="no"):
         tde_study.update_doc(str(tmp_path / "S.md"), "x")
+
+
+def test_group_shares_from_details():
+    details = {"demo/deconfound/seed0": {"val": {"mean_cos": 0.5, "top1_plain": [6, 3, 1, 0],
+                                                  "top1": {"alpha=1.5": [4, 3, 2, 1]}}},
+               "demo/softmax/seed0": {}, "fine/deconfound/seed0": {"val": {"mean_cos": 0.4, "top1_plain": [1],
+                                                                              "top1": {"alpha=1.5": [1]}}}}
+    shares = tde_study.group_shares(details, "demo", ["f", "c", "r", "r"])
+    assert list(shares) == ["seed0"]
+    cos, sh = shares["seed0"]
+    assert cos == 0.5 and sh["plain"] == {"f": 0.6, "c": 0.3, "r": 0.1} and sh["alpha=1.5"] == {"f": 0.4, "c": 0.3, "r": 0.3}
+    text = tde_study.format_tables({"runs": [_run("demo", "softmax", 0, 1.0)]}, details, {"demo": ["f", "c", "r", "r"]})
+    assert "plain 0.60/0.30/0.10, TDE α=1.5 0.40/0.30/0.30" in text
