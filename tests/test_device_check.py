@@ -37,13 +37,14 @@ def junit(path, cases):
         ("test_logits[cuda-1]", True), ("test_predict_probs_modes[cuda]", True), ("test_x[2-cuda]", True),
         ("test_cuda_float16_autocast_scores_are_fp32", True), ("test_predict_probs_modes[cpu]", False),
         ("test_cuda_device_without_cuda_is_a_clear_error", False), ("test_x[cudax]", False),
+        ("test_recognised[test_x[cuda-1]-True]", False), ("test_y[cuda:0]", True),
     ],
 )
-def test_cuda_tests_are_recognised_by_their_parameter_or_name(name, is_cuda):
+def test_gpu_tests_are_recognised_by_their_parameter_or_name(name, is_cuda):
     assert device_report.is_cuda_test(name) is is_cuda
 
 
-def test_tests_report_on_the_gpu_machine_fails_on_gpu_skips_and_needs_a_cuda_test(tmp_path, capsys):
+def test_tests_report_on_the_gpu_machine_fails_on_gpu_skips_and_needs_a_gpu_test(tmp_path, capsys):
     cases = [("tests.test_a", "test_f[cpu]", "passed", ""), ("tests.test_a", "test_f[cuda]", "skipped", "no GPU"),
              ("tests.test_b", "test_g", "skipped", "checks the no-CUDA messages")]
     xml = junit(tmp_path / "j.xml", cases)
@@ -76,7 +77,7 @@ def test_tests_report_reads_the_verbose_log_when_pytest_was_killed(tmp_path):
     assert report["counts"] == {"passed": 2, "failed": 1} and report["source"].startswith("log")
 
 
-def _training_output(tmp_path, losses, modes=("plain", "tde_alpha1.5"), mean=None, iters=40):
+def _training_output(tmp_path, losses, modes=("plain", "tde_alpha1.5"), mean=None, iters=40, ap=1.5):
     out = tmp_path / "train"
     out.mkdir()
     lines = [dict(iteration=i, time=0.05 + 0.001 * i, total_loss=loss, loss_cls=loss / 2)
@@ -85,7 +86,7 @@ def _training_output(tmp_path, losses, modes=("plain", "tde_alpha1.5"), mean=Non
     mean = torch.rand(16) if mean is None else mean
     torch.save({"model": {"roi_heads.box_predictor.cls_score.mean_feature": mean}, "iteration": iters - 1},
                out / "model_final.pth")
-    results = {"demo_val": {m: {"results": {"segm": {"AP": 1.5}, "bbox": {"AP": 2.5}}} for m in modes}}
+    results = {"demo_val": {m: {"results": {"segm": {"AP": ap}, "bbox": {"AP": 2.5}}} for m in modes}}
     (out / "lvis_results.json").write_text(json.dumps(results))
     return out
 
@@ -99,6 +100,14 @@ def test_train_report_accepts_a_sound_run_and_times_the_steady_windows(tmp_path)
     assert math.isclose(report["s_per_iter"], 0.05 + 0.001 * 39)  # the first window (warm-up) left out
     (m,) = report["mean_feature"].values()
     assert m["finite"] and m["norm"] > 0
+    assert device_report.main(["train", str(report_file), str(out), "--iters", "40", "--need-ap"]) == 0
+
+
+def test_train_report_needs_numeric_aps_only_when_asked(tmp_path, capsys):
+    out = _training_output(tmp_path, [3.0, 2.0], ap=None)  # null: no detection (a short CPU run)
+    assert device_report.main(["train", str(tmp_path / "r.json"), str(out), "--iters", "40"]) == 0
+    assert device_report.main(["train", str(tmp_path / "r.json"), str(out), "--iters", "40", "--need-ap"]) == 1
+    assert "mask or box AP is not a number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
