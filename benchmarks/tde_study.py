@@ -30,7 +30,6 @@ schema (chosen α, mean cos, held-out α curve, top-1 counts) goes to
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess

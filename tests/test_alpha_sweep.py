@@ -4,7 +4,6 @@ Tiny random-weight Mask R-CNNs (Standard and Cascade TDE heads, a random mean fe
 small generated images; nothing is timed here (see benchmarks/bench_alpha_sweep.py).
 """
 
-import importlib.util
 import json
 import os
 from unittest import mock
@@ -15,6 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
+from helpers import load_script, register_tiny_demo
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
@@ -268,26 +268,13 @@ def test_pictures_are_written(tmp_path):
 
 # ------------------------------------------------------------------- the tools, end to end
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py", f"tool_{name}")
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """A few-image LVIS-format set from the demo generator, registered as sweeptest_{train,val}."""
-    from tde_det.data import DemoSpec, register_demo_lt
-
-    spec = DemoSpec(shapes=("circle", "square"), colours=("red", "green", "blue"), max_images=14, min_images=1,
-                    val_fraction=0.2, val_min=1, val_max=2, max_objects=2, image_size=(48, 64),
-                    object_radius=(6.0, 12.0), seed=3)  # fmt: skip
-    root = tmp_path_factory.mktemp("data") / "sweeptest"
-    from detectron2.data import DatasetCatalog
-
-    if "sweeptest_val" not in DatasetCatalog.list():
-        register_demo_lt("sweeptest", str(root), spec)
-    return "sweeptest_val"
+    return register_tiny_demo("sweeptest", tmp_path_factory.mktemp("data") / "sweeptest", seed=3, val_min=1, val_max=2)
 
 
 def test_sweep_and_visualize_tools(tiny_dataset, tmp_path):

@@ -5,7 +5,6 @@ heads with a random mean feature, and Detectron2's softmax heads) for the per-de
 few generated images for the tool. Nothing is timed.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
+from helpers import load_script, register_tiny_demo
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
@@ -200,25 +200,13 @@ def test_bad_inputs_get_clear_errors():
 
 # ------------------------------------------------------------------ tools/visualize.py --cam
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py", f"tool_{name}")
 
 
 @pytest.fixture(scope="module")
 def cam_dataset(tmp_path_factory):
     """A few-image LVIS-format set from the demo generator, registered as camtest_{train,val}."""
-    from detectron2.data import DatasetCatalog
-
-    from tde_det.data import DemoSpec, register_demo_lt
-
-    spec = DemoSpec(shapes=("circle", "square"), colours=("red", "green", "blue"), max_images=14, min_images=1,
-                    val_fraction=0.2, val_min=2, val_max=3, max_objects=2, image_size=(48, 64),
-                    object_radius=(6.0, 12.0), seed=5)  # fmt: skip
-    if "camtest_val" not in DatasetCatalog.list():
-        register_demo_lt("camtest", str(tmp_path_factory.mktemp("data") / "camtest"), spec)
-    return "camtest_val"
+    return register_tiny_demo("camtest", tmp_path_factory.mktemp("data") / "camtest", seed=5, val_min=2, val_max=3)
 
 
 def assert_png(path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 
 @pytest.mark.parametrize("module", ["detectron2.layers", "detectron2.modeling", "detectron2.evaluation"])
@@ -114,12 +115,7 @@ def test_detectron2_lvis_mask_rcnn_trains_and_infers_on_cpu():
 # ------------------------------------------------------- numpy 2 / Pillow >= 10 / setuptools >= 81
 # scripts/patch_third_party.py patches detectron2 v0.6 and lvis 0.5.3 at install (make env).
 def _patch_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "patch_third_party.py"
-    spec = importlib.util.spec_from_file_location("patch_third_party", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/patch_third_party.py")
 
 
 def _version(name):

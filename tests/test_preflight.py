@@ -16,6 +16,7 @@ import warnings
 import pytest
 import torch
 from detectron2.data.datasets import get_lvis_instances_meta, register_lvis_instances
+from helpers import load_script
 from lvis_v1_like import edit_json, make_lvis_v1
 
 from tde_det.data import prepare_dataset
@@ -350,11 +351,7 @@ def test_evaluator_says_why_per_category_ap_is_missing(tmp_path):
 
 
 def test_check_lvis_script_prints_one_line_per_dataset(lvis, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_lvis", os.path.join(REPO, "datasets", "check_lvis.py"))
-    check_lvis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check_lvis)
+    check_lvis = load_script("datasets/check_lvis.py")
     train, val = _register(lvis, "train"), _register(lvis, "val")
     assert check_lvis.main([train, val]) == 0
     _drop_neg_ids(lvis)  # lvis_v1_val.json: a test set by its name (no "train" in it)

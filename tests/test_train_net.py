@@ -5,7 +5,6 @@ tiny demo set is generated there; each run is a few iterations of configs/demo/t
 """
 
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import time
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
+from helpers import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_tiny.yaml")
@@ -23,10 +23,7 @@ FAST = ["TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 
 
 
 def _train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools", "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/train_net.py")
 
 
 @pytest.fixture(scope="module")
