@@ -1,9 +1,12 @@
-"""Helpers shared by the tests: load one of the repo's scripts as a module, and register a tiny
-generated demo-format dataset."""
+"""Helpers shared by the tests: load one of the repo's scripts as a module, register a tiny
+generated demo-format dataset, run a module's tiny models on one thread."""
 
 import importlib.util
 import os
 import sys
+
+import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,3 +34,13 @@ def register_tiny_demo(name, root, seed, val_min, val_max):
                         object_radius=(6.0, 12.0), seed=seed)  # fmt: skip
         register_demo_lt(name, str(root), spec)
     return f"{name}_val"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Imported by a test module: its tiny models run on one thread, fastest and steady on a shared,
+    busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,6 +22,7 @@ from detectron2.config import instantiate
 from detectron2.export import TracingAdapter, scripting_with_instances
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from helpers import single_thread  # noqa: F401  (autouse fixture)
 
 from tde_det import get_tde_cfg
 from tde_det.modeling import TDECascadeROIHeads, TDEFastRCNNOutputLayers, TDEStandardROIHeads
@@ -47,14 +48,6 @@ else:
     ONNX_MISSING = ""
 # torch >= 2.9 exports with dynamo by default; TracingAdapter needs the TorchScript-based exporter.
 ONNX_EXTRA = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cfg(kind, inference="tde"):

@@ -13,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg, instantiate
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
+from helpers import single_thread  # noqa: F401  (autouse fixture)
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -32,15 +33,6 @@ DEVICES = [
 ]
 NUM_CLASSES, FEAT = 4, 8
 PREDICTOR_LOGGER = "tde_det.modeling.box_predictor"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tiny models run fastest on one thread, and stay fast on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- predictor alone
