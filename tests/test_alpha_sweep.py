@@ -219,13 +219,13 @@ def test_bad_alphas_and_models_get_clear_errors():
     assert check_alphas([0, "1.5", 2]) == [0.0, 1.5, 2.0]
     for bad, words in [([], "at least one"), ([1, -0.5], ">= 0"), ([1, 1.0], "twice"), (["x"], "numbers"),
                        ([float("nan")], "finite")]:  # fmt: skip
-        with pytest.raises(ValueError, match=words):
+        with pytest.raises(ConfigError, match=words):
             check_alphas(bad)
     softmax = build_model(tiny_cfg("standard", "MODEL.ROI_HEADS.NAME", "StandardROIHeads")).eval()
-    with pytest.raises(TypeError, match="TDEStandardROIHeads or TDECascadeROIHeads"):
+    with pytest.raises(ConfigError, match="TDEStandardROIHeads or TDECascadeROIHeads"):
         AlphaSweep(softmax, [1.0])
     untrained = build_model(tiny_cfg("standard")).eval()
-    with pytest.raises(ValueError, match="MODEL.WEIGHTS"):
+    with pytest.raises(ConfigError, match="MODEL.WEIGHTS"):
         AlphaSweep(untrained, [1.0])
 
 

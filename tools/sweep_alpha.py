@@ -200,10 +200,7 @@ if __name__ == "__main__":
     args = parse_args()
     with cli.exit_on_user_error(args.debug):
         check_launch(args)
-        try:
-            check_alphas(args.alphas)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+        check_alphas(args.alphas)  # a ConfigError: one "error:" line
         preflight(args)
         logger.info("Command Line Args: %s", args)
         launch(cli.in_worker(main, args.debug), args.num_gpus, num_machines=args.num_machines,

@@ -94,17 +94,17 @@ def setting_name(alpha: Optional[float]) -> str:
 def check_alphas(alphas: Sequence[float]) -> List[float]:
     """The α values as floats; errors for an empty list, non-numbers, NaN/inf, α < 0, duplicates."""
     if alphas is None or len(alphas) == 0:
-        raise ValueError("Give at least one alpha to sweep, e.g. --alphas 0 0.5 1 1.5 2 2.5 3.")
+        raise ConfigError("Give at least one alpha to sweep, e.g. --alphas 0 0.5 1 1.5 2 2.5 3.")
     out = []
     for a in alphas:
         try:
             v = float(a)
         except (TypeError, ValueError):
-            raise ValueError(f"alpha values must be numbers, got {a!r}.") from None
+            raise ConfigError(f"alpha values must be numbers, got {a!r}.") from None
         if not math.isfinite(v) or v < 0:
-            raise ValueError(f"alpha values must be finite and >= 0 (TDE(y) = y - alpha*b), got {a!r}.")
+            raise ConfigError(f"alpha values must be finite and >= 0 (TDE(y) = y - alpha*b), got {a!r}.")
         if v in out:
-            raise ValueError(f"alpha {v:g} is listed twice in {list(alphas)}; give each value once.")
+            raise ConfigError(f"alpha {v:g} is listed twice in {list(alphas)}; give each value once.")
         out.append(v)
     return out
 
@@ -117,7 +117,7 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
     """The TDE box predictor of each stage; clear errors for models the sweep cannot run."""
     for attr in ("backbone", "proposal_generator", "roi_heads", "preprocess_image", "_postprocess"):
         if not hasattr(model, attr):
-            raise TypeError(
+            raise ConfigError(
                 f"The alpha sweep runs a GeneralizedRCNN (MODEL.META_ARCHITECTURE 'GeneralizedRCNN'); "
                 f"got {type(model).__name__}, which has no {attr!r}."
             )
@@ -129,7 +129,7 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
     else:
         predictors = []
     if not predictors or not all(isinstance(p, TDEFastRCNNOutputLayers) for p in predictors):
-        raise TypeError(
+        raise ConfigError(
             f"The alpha sweep needs De-confound-TDE ROI heads (MODEL.ROI_HEADS.NAME TDEStandardROIHeads or "
             f"TDECascadeROIHeads); this model has {type(heads).__name__} with box predictor(s) "
             f"{[type(p).__name__ for p in predictors] or type(getattr(heads, 'box_predictor', None)).__name__}."
@@ -145,7 +145,7 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
                 "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False to use TDE."
             )
         if not p.cls_score.has_mean:
-            raise ValueError(
+            raise ConfigError(
                 f"The moving-average feature of box predictor {k} is all zero, so TDE is inactive and every "
                 "alpha would give the plain scores. Load trained TDE weights (MODEL.WEIGHTS path/to/model.pth)."
             )
