@@ -1,5 +1,5 @@
 """Helpers shared by the tests: load one of the repo's scripts as a module, register a tiny
-generated demo-format dataset, run a module's tiny models on one thread."""
+generated demo-format dataset, run a module's tiny models on one thread, set a random x̄."""
 
 import importlib.util
 import os
@@ -44,3 +44,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def set_means(model, seed):
+    """Give every stage's moving-average feature x̄ a random, clearly non-zero value (N(0.5, 1))."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, buf in model.named_buffers():
+        if name.endswith("mean_feature"):
+            buf.copy_(torch.randn(buf.shape, generator=gen) + 0.5)

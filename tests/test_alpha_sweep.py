@@ -14,7 +14,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
-from helpers import load_script, register_tiny_demo
+from helpers import load_script, register_tiny_demo, set_means
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
@@ -49,13 +49,6 @@ def tiny_cfg(heads, *opts):
     cfg.merge_from_file(os.path.join(REPO, "configs", "demo", "Base-demo.yaml"))
     cfg.merge_from_list(TINY + HEADS[heads] + list(opts))
     return cfg
-
-
-def set_means(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    for name, buf in model.named_buffers():
-        if name.endswith("mean_feature"):
-            buf.copy_(torch.randn(buf.shape, generator=gen) + 0.5)
 
 
 @pytest.fixture(scope="module", params=["standard", "cascade"])

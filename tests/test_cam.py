@@ -16,7 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
-from helpers import load_script, register_tiny_demo
+from helpers import load_script, register_tiny_demo, set_means
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
@@ -43,13 +43,6 @@ def tiny_cfg(heads, *opts):
     cfg.merge_from_file(TINY_YAML)
     cfg.merge_from_list(TINY + HEADS[heads] + list(opts))
     return cfg
-
-
-def set_means(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    for name, buf in model.named_buffers():
-        if name.endswith("mean_feature"):
-            buf.copy_(torch.randn(buf.shape, generator=gen) + 0.5)
 
 
 def tiny_model(heads, seed=0):
