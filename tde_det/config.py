@@ -29,6 +29,13 @@ def add_tde_config(cfg):
     # All-reduce the foreground batch mean across processes before the moving-average update.
     cfg.MODEL.TDE.SYNC_MEAN = True
 
+    cfg.MODEL.NORCAL = CN()
+    # NorCal post-hoc calibration at test time (tde_det.modeling.calibration): gamma >= 0 in
+    # softmax([z_fg - gamma * log N_c, z_bg]); 0 = off. Softmax heads, or TDE heads with INFERENCE plain.
+    cfg.MODEL.NORCAL.GAMMA = 0.0
+    # N_c: json with a list of per-class counts or an LVIS/COCO-format json; "" = image counts of DATASETS.TRAIN.
+    cfg.MODEL.NORCAL.CLASS_COUNTS = ""
+
     # With TDE heads and INFERENCE "tde": also evaluate the same weights with "plain" (one table).
     cfg.TEST.TDE_EVAL_PLAIN = False
 

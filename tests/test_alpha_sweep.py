@@ -284,12 +284,15 @@ def test_sweep_and_visualize_tools(tiny_dataset, tmp_path):
     out = tmp_path / "sweep"
     # trailing overrides right after the alpha values, as a user types them
     args = sweep_tool.parse_args(
-        ["--config-file", config, "--output", str(out), "--alphas", "0", "1", "2"] + [str(o) for o in opts]
+        ["--config-file", config, "--output", str(out), "--alphas", "0", "1", "2", "--gammas", "0.5"]
+        + [str(o) for o in opts]
     )
-    assert args.alphas == [0.0, 1.0, 2.0] and args.opts[:2] == ["MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES)]
+    assert args.alphas == [0.0, 1.0, 2.0] and args.gammas == [0.5]
+    assert args.opts[:2] == ["MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES)]
     records = sweep_tool.main(args)
     record = json.loads((out / f"alpha_sweep_{tiny_dataset}.json").read_text())
-    assert [r["setting"] for r in record["rows"]] == ["plain", "alpha=0", "alpha=1", "alpha=2"]
+    assert [r["setting"] for r in record["rows"]] == ["plain", "alpha=0", "alpha=1", "alpha=2", "norcal_gamma=0.5"]
+    assert record["gammas"] == [0.5] and record["rows"][-1]["gamma"] == 0.5
     assert set(record["best"]) >= {"AP", "APbox"}
     assert record["heuristic_alpha"] == pytest.approx(1.0 / record["mean_cos"])
     assert records[tiny_dataset]["num_regions"] == record["num_regions"] > 0

@@ -1,17 +1,25 @@
 #!/usr/bin/env python
-"""Evaluate a trained De-confound-TDE model for many α in ONE inference pass (issue 4).
+"""Evaluate a trained De-confound-TDE model for many α (and NorCal γ) in ONE inference pass (issues 4, 22).
 
     python tools/sweep_alpha.py --config-file configs/demo/tde_mask_rcnn_demo.yaml \\
         --alphas 0 0.5 1 1.5 2 2.5 3 MODEL.WEIGHTS output/demo_tde_mask_rcnn/model_final.pth
+    # TDE against NorCal post-hoc calibration on the same weights (class counts: DATASETS.TRAIN's images)
+    python tools/sweep_alpha.py --config-file configs/demo/tde_mask_rcnn_demo.yaml \\
+        --alphas 0 1 1.5 2 --gammas 0.25 0.5 1 MODEL.WEIGHTS output/demo_tde_mask_rcnn/model_final.pth
+    # a Detectron2 softmax model: NorCal rows only
+    python tools/sweep_alpha.py --config-file configs/demo/baseline_mask_rcnn_demo.yaml \\
+        --gammas 0.25 0.5 1 MODEL.WEIGHTS output/demo_baseline_mask_rcnn/model_final.pth
     # LVIS v1 val on 8 GPUs
     python tools/sweep_alpha.py --config-file configs/lvis_tde_mask_rcnn.yaml --num-gpus 8 \\
         --alphas 0 0.5 1 1.5 2 2.5 3 --output output/sweep MODEL.WEIGHTS model.pth
 
 Backbone, RPN and box head run once per image; for every α (and ``plain``) the box
 post-processing and the mask head run on that α's boxes, and one LVIS evaluator per α scores them
-(:mod:`tde_det.evaluation.alpha_sweep`). For each dataset in ``DATASETS.TEST`` it prints the table
-α × (AP, AP50, APr, APc, APf, box AP), the best α per metric and the authors' heuristic α
-(α · mean cos(x, d̂) = 1), and writes into ``--output`` (default ``OUTPUT_DIR/alpha_sweep``):
+(:mod:`tde_det.evaluation.alpha_sweep`). NorCal γ rows (``--gammas``) rescore the plain logits
+with the class training counts of ``MODEL.NORCAL.CLASS_COUNTS`` or ``DATASETS.TRAIN``. For each
+dataset in ``DATASETS.TEST`` it prints the table setting × (AP, AP50, APr, APc, APf, box AP), the
+best setting per metric and the authors' heuristic α (α · mean cos(x, d̂) = 1; TDE models), and
+writes into ``--output`` (default ``OUTPUT_DIR/alpha_sweep``):
 
     alpha_sweep_<dataset>.json               rows, best α, mean cos, heuristic α, timings, raw results
     alpha_curves_<dataset>.png               (a) AP / APr / APc / APf against α
@@ -37,12 +45,14 @@ _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_TOOLS, ".."))
 sys.path.insert(0, _TOOLS)
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
-from tde_det.engine import Trainer, check_config, cli  # noqa: E402
+from tde_det.data.class_counts import norcal_class_counts  # noqa: E402
+from tde_det.engine import Trainer, check_config, cli, is_tde_model  # noqa: E402
 from tde_det.engine.results import strict_json  # noqa: E402
 from tde_det.errors import ConfigError  # noqa: E402
 from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
 from tde_det.evaluation.alpha_sweep import (  # noqa: E402
     check_alphas,
+    check_gammas,
     format_sweep_table,
     inference_on_dataset_alphas,
     setting_name,
@@ -61,9 +71,12 @@ DEFAULT_ALPHAS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
 
 def argument_parser():
     parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument("--alphas", nargs="+", default=DEFAULT_ALPHAS, metavar="ALPHA",
-                        help="alpha values to evaluate (plain is always added); default: %(default)s. "
-                             "Trailing KEY VALUE overrides may follow them directly.")
+    parser.add_argument("--alphas", nargs="+", default=None, metavar="ALPHA",
+                        help=f"alpha values to evaluate (plain is always added); default: {DEFAULT_ALPHAS} for a TDE "
+                             "model, 0 for a softmax one. Trailing KEY VALUE overrides may follow them directly.")
+    parser.add_argument("--gammas", nargs="+", default=[], metavar="GAMMA",
+                        help="NorCal gamma values to evaluate on the same pass (softmax([z_fg - gamma log N, z_bg]); "
+                             "N: MODEL.NORCAL.CLASS_COUNTS or DATASETS.TRAIN's image counts per class)")
     parser.add_argument("--output", default="", metavar="DIR",
                         help="where the JSON and the pictures go (default: OUTPUT_DIR/alpha_sweep)")
     parser.add_argument("--figure-alpha", type=float, default=None, metavar="ALPHA",
@@ -75,16 +88,23 @@ def argument_parser():
 
 
 def parse_args(argv=None):
-    """Parse the command line. ``--alphas`` takes the numbers after it; the first word that is not a
-    number starts the trailing ``KEY VALUE`` overrides (``--alphas 0 1 2 MODEL.WEIGHTS m.pth``)."""
+    """Parse the command line. ``--alphas`` and ``--gammas`` take the numbers after them; the first word
+    that is not a number starts the trailing ``KEY VALUE`` overrides (``--alphas 0 1 2 MODEL.WEIGHTS m.pth``)."""
     args = argument_parser().parse_args(argv)
-    values = [str(a) for a in args.alphas]
-    n = 0
-    while n < len(values) and _is_number(values[n]):
-        n += 1
-    if n == 0:
-        raise SystemExit(f"error: --alphas needs numbers, got {values[0]!r} (e.g. --alphas 0 0.5 1 1.5 2).")
-    args.alphas, args.opts = [float(v) for v in values[:n]], values[n:] + list(args.opts)
+    rest = []
+    for name in ("alphas", "gammas"):
+        values = getattr(args, name)
+        if values is None:
+            continue
+        values = [str(a) for a in values]
+        n = 0
+        while n < len(values) and _is_number(values[n]):
+            n += 1
+        if n == 0 and values:
+            raise SystemExit(f"error: --{name} needs numbers, got {values[0]!r} (e.g. --{name} 0 0.5 1 1.5 2).")
+        setattr(args, name, [float(v) for v in values[:n]])
+        rest += values[n:]
+    args.opts = rest + list(args.opts)
     return args
 
 
@@ -110,7 +130,7 @@ def setup(args):
 def require_weights(cfg):
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError(
-            "MODEL.WEIGHTS is empty: the alpha sweep evaluates a TRAINED De-confound-TDE model. Add the "
+            "MODEL.WEIGHTS is empty: the sweep evaluates a TRAINED model. Add the "
             "override MODEL.WEIGHTS path/to/model_final.pth (e.g. output/demo_tde_mask_rcnn/model_final.pth)."
         )
 
@@ -138,6 +158,13 @@ def figure_alpha(rows, requested):
     return max(swept, key=lambda r: r["AP"])["alpha"] if swept else None
 
 
+def sweep_alphas(cfg, args):
+    """--alphas, else the default: DEFAULT_ALPHAS for a TDE model, only plain for a softmax one."""
+    if args.alphas is not None:
+        return args.alphas
+    return DEFAULT_ALPHAS if is_tde_model(cfg) else [0.0]
+
+
 def report(cfg, args, dataset_name, result):
     """Print the table and write the JSON and the two pictures (main process only)."""
     out = cfg.OUTPUT_DIR
@@ -151,21 +178,23 @@ def report(cfg, args, dataset_name, result):
     with open(paths["json"], "w") as f:
         json.dump(strict_json(record), f, indent=2, default=float, allow_nan=False)
 
-    paths["curves"] = plot_alpha_curves(
-        rows, os.path.join(out, f"alpha_curves_{dataset_name}.png"), result.heuristic_alpha,
-        title=f"{dataset_name}: AP against alpha (dotted: plain)",
-    )
-    alpha = figure_alpha(rows, args.figure_alpha)
-    json_file = MetadataCatalog.get(dataset_name).get("json_file")
-    if alpha is not None and json_file:
-        cats = lvis_category_stats(json_file)
-        series = OrderedDict(
-            [
-                ("plain", result.stats.top1_counts(None)),
-                (f"TDE ({setting_name(alpha)})", result.stats.top1_counts(alpha)),
-                ("ground truth", cats["gt_instances"]),
-            ]
+    if any(r["alpha"] for r in rows):
+        paths["curves"] = plot_alpha_curves(
+            rows, os.path.join(out, f"alpha_curves_{dataset_name}.png"), result.heuristic_alpha,
+            title=f"{dataset_name}: AP against alpha (dotted: plain)",
         )
+    alpha = figure_alpha(rows, args.figure_alpha)
+    norcal = [r for r in rows if r["gamma"] and r.get("AP") is not None]
+    json_file = MetadataCatalog.get(dataset_name).get("json_file")
+    if (alpha is not None or norcal) and json_file:
+        cats = lvis_category_stats(json_file)
+        series = OrderedDict([("plain", result.stats.top1_counts(None))])
+        if alpha is not None:
+            series[f"TDE ({setting_name(alpha)})"] = result.stats.top1_counts(alpha)
+        if norcal:
+            best = max(norcal, key=lambda r: r["AP"])["setting"]
+            series[f"NorCal ({best.split('_')[-1]})"] = result.stats.top1_counts(best)
+        series["ground truth"] = cats["gt_instances"]
         paths["distribution"] = plot_prediction_distribution(
             cats["image_count"], series, os.path.join(out, f"prediction_distribution_{dataset_name}.png"),
             frequency=cats["frequency"], class_names=cats["names"],
@@ -178,8 +207,10 @@ def report(cfg, args, dataset_name, result):
 
 def main(args):
     cfg = setup(args)
-    if args.figure_alpha is not None and args.figure_alpha not in [float(a) for a in args.alphas]:
-        raise ConfigError(f"--figure-alpha {args.figure_alpha:g} is not one of --alphas {args.alphas}.")
+    alphas = sweep_alphas(cfg, args)
+    if args.figure_alpha is not None and args.figure_alpha not in [float(a) for a in alphas]:
+        raise ConfigError(f"--figure-alpha {args.figure_alpha:g} is not one of --alphas {alphas}.")
+    class_counts = norcal_class_counts(cfg) if args.gammas else None
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
     records = OrderedDict()
@@ -190,7 +221,7 @@ def main(args):
             folder = os.path.join(cfg.OUTPUT_DIR, dataset_name, setting) if args.save_detections else None
             return build_evaluator(cfg, dataset_name, folder)
 
-        result = inference_on_dataset_alphas(model, loader, args.alphas, make_evaluator)
+        result = inference_on_dataset_alphas(model, loader, alphas, make_evaluator, args.gammas, class_counts)
         if comm.is_main_process():
             records[dataset_name] = report(cfg, args, dataset_name, result)
     return records
@@ -200,7 +231,8 @@ if __name__ == "__main__":
     args = parse_args()
     with cli.exit_on_user_error(args.debug):
         check_launch(args)
-        check_alphas(args.alphas)  # a ConfigError: one "error:" line
+        check_alphas(args.alphas if args.alphas is not None else DEFAULT_ALPHAS)  # a ConfigError: one "error:" line
+        check_gammas(args.gammas)
         preflight(args)
         logger.info("Command Line Args: %s", args)
         launch(cli.in_worker(main, args.debug), args.num_gpus, num_machines=args.num_machines,

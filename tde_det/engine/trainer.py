@@ -31,13 +31,15 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
-from detectron2.modeling import ROI_HEADS_REGISTRY, build_model
+from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data import prepare_dataset
+from ..data.class_counts import norcal_class_counts
 from ..errors import ConfigError
 from ..evaluation.lvis_evaluator import build_lvis_evaluator
+from ..modeling.calibration import apply_norcal
 from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
 from .checkpoint import make_atomic
 from .results import format_table, update_results_json
@@ -60,6 +62,11 @@ def inference_variants(cfg):
     ``plain`` row (same weights, De-confound only) when INFERENCE is ``tde`` and
     ``TEST.TDE_EVAL_PLAIN`` is set.
     """
+    gamma = cfg.MODEL.NORCAL.GAMMA if "NORCAL" in cfg.MODEL else 0.0
+    if gamma > 0:  # NorCal calibrates plain softmax logits (check_config refuses TDE scoring with it)
+        name = "softmax" if not is_tde_model(cfg) else "plain"
+        label = "softmax (baseline)" if name == "softmax" else "De-confound (plain)"
+        return [(f"{name}_norcal_gamma{gamma:g}", f"{label} + NorCal (gamma={gamma:g})", cfg)]
     if not is_tde_model(cfg):
         return [("softmax", "softmax (baseline)", cfg)]
     tde = cfg.MODEL.TDE
@@ -91,6 +98,12 @@ def check_config(cfg, dataset_names=None):
                 f"{len(classes)} classes. Set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (in the config or "
                 "as a trailing KEY VALUE override)."
             )
+    if cfg.MODEL.NORCAL.GAMMA > 0 and is_tde_model(cfg) and cfg.MODEL.TDE.INFERENCE != "plain":
+        raise ConfigError(
+            f"MODEL.NORCAL.GAMMA {cfg.MODEL.NORCAL.GAMMA:g} calibrates the plain logits, but MODEL.TDE.INFERENCE is "
+            f"{cfg.MODEL.TDE.INFERENCE!r}: add MODEL.TDE.INFERENCE plain, or compare NorCal with TDE in one pass "
+            "with tools/sweep_alpha.py --gammas."
+        )
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available on this machine. "
@@ -159,6 +172,15 @@ class Trainer(DefaultTrainer):
         TrainerBase.load_state_dict(self, state_dict)
 
     @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's model, with NorCal on its box predictor(s) when ``MODEL.NORCAL.GAMMA`` > 0
+        (class counts: :func:`tde_det.data.class_counts.norcal_class_counts`)."""
+        model = super().build_model(cfg)
+        if cfg.MODEL.NORCAL.GAMMA > 0:
+            apply_norcal(model, norcal_class_counts(cfg), cfg.MODEL.NORCAL.GAMMA)
+        return model
+
+    @classmethod
     def build_train_loader(cls, cfg):
         for name in cfg.DATASETS.TRAIN:
             prepare_dataset(name)
@@ -204,7 +226,7 @@ class Trainer(DefaultTrainer):
             if cfg_v is cfg:
                 model_v = model
             else:
-                model_v = build_model(cfg_v)
+                model_v = cls.build_model(cfg_v)
                 model_v.load_state_dict(source.state_dict())
             logger.info("Evaluating %s ...", label)
             results = super().test(cfg_v, model_v, evaluators)

@@ -20,15 +20,20 @@ evaluators keep (the detections) grows.
 ``"plain"`` (``MODEL.TDE.INFERENCE plain``, the De-confound row) is softmax(y), i.e. α = 0: it is
 always computed and shares its detections with an α = 0 row.
 
+NorCal (issue 22, :mod:`tde_det.modeling.calibration`) is scored in the same pass: for each γ in
+``gammas``, probs_γ = softmax([y_fg − γ·log N, y_bg]) per stage (row ``"norcal_gamma=0.5"``; γ = 0 is
+``plain``). It needs only softmax logits, so the sweep also runs Detectron2's softmax ROI heads
+(``FastRCNNOutputLayers``), with NorCal rows only (no α > 0).
+
 The authors' heuristic (their README): choose α with α · mean cos(x, d̂) ≈ 1. ``mean cos`` is the
 mean of cos(x^k, d̂^k) over every region the box predictor scores (all proposals of all evaluated
 images) and all K heads; for a cascade the mean of the per-stage means (the stages' scores are
 averaged). α_heuristic = 1 / mean cos.
 
-Works for ``TDEStandardROIHeads`` and ``TDECascadeROIHeads`` (any Standard/Cascade ROI heads whose
-box predictors are ``TDEFastRCNNOutputLayers``) in a ``GeneralizedRCNN``. The model's own
-``MODEL.TDE.ALPHA`` / ``INFERENCE`` are ignored (every α is computed); ``BACKGROUND_EXEMPT`` and the
-test thresholds are the model's.
+Works for Standard and Cascade ROI heads in a ``GeneralizedRCNN`` whose box predictors are all
+``TDEFastRCNNOutputLayers`` (α and γ rows) or all Detectron2's softmax ``FastRCNNOutputLayers`` (γ
+rows). The model's own ``MODEL.TDE.ALPHA`` / ``INFERENCE`` and ``MODEL.NORCAL`` are ignored (every
+setting is computed from the raw logits); ``BACKGROUND_EXEMPT`` and the test thresholds are the model's.
 """
 
 import datetime
@@ -42,7 +47,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.evaluation import inference_context
-from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
+from detectron2.modeling.roi_heads import CascadeROIHeads, FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.logger import log_every_n_seconds
@@ -50,7 +55,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modeling.box_predictor import TDEFastRCNNOutputLayers
+from ..modeling.calibration import check_norcal, norcal_logits
 from ..modeling.cosine_classifier import plain_probs, tde_probs
+from ..modeling.roi_heads import box_stages
 from .box_inference import fast_rcnn_inference_many
 from .mask_paste import batched_mask_paste
 
@@ -62,6 +69,8 @@ __all__ = [
     "SweepStatistics",
     "best_per_metric",
     "check_alphas",
+    "check_gammas",
+    "gamma_setting_name",
     "format_sweep_table",
     "inference_on_dataset_alphas",
     "metric_rows",
@@ -91,6 +100,19 @@ def setting_name(alpha: Optional[float]) -> str:
     return PLAIN if alpha is None else f"alpha={alpha:g}"
 
 
+def gamma_setting_name(gamma: float) -> str:
+    """Row name of NorCal at γ: ``"norcal_gamma=0.5"``."""
+    return f"norcal_gamma={gamma:g}"
+
+
+def _key(setting) -> str:
+    """The internal key of a setting: a row name (str) as it is, α (None / number) -> ``"plain"`` for
+    None or 0, else ``"alpha=<α>"``."""
+    if isinstance(setting, str):
+        return setting
+    return PLAIN if setting is None or float(setting) == 0.0 else setting_name(float(setting))
+
+
 def check_alphas(alphas: Sequence[float]) -> List[float]:
     """The α values as floats; errors for an empty list, non-numbers, NaN/inf, α < 0, duplicates."""
     if alphas is None or len(alphas) == 0:
@@ -109,31 +131,41 @@ def check_alphas(alphas: Sequence[float]) -> List[float]:
     return out
 
 
-def _unwrap(model):
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def check_gammas(gammas: Sequence[float]) -> List[float]:
+    """The NorCal γ values as floats (may be empty); errors for non-numbers, NaN/inf, γ < 0, duplicates."""
+    out = []
+    for g in gammas or ():
+        try:
+            v = float(g)
+        except (TypeError, ValueError):
+            raise ConfigError(f"NorCal gamma values must be numbers, got {g!r}.") from None
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"NorCal gamma values must be finite and >= 0 (0 = softmax), got {g!r}.")
+        if v in out:
+            raise ConfigError(f"gamma {v:g} is listed twice in {list(gammas)}; give each value once.")
+        out.append(v)
+    return out
 
 
-def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
-    """The TDE box predictor of each stage; clear errors for models the sweep cannot run."""
-    for attr in ("backbone", "proposal_generator", "roi_heads", "preprocess_image", "_postprocess"):
-        if not hasattr(model, attr):
-            raise ConfigError(
-                f"The alpha sweep runs a GeneralizedRCNN (MODEL.META_ARCHITECTURE 'GeneralizedRCNN'); "
-                f"got {type(model).__name__}, which has no {attr!r}."
-            )
+def _sweep_predictors(model, alphas, gammas) -> List[FastRCNNOutputLayers]:
+    """The box predictor of each stage; clear errors for models the sweep cannot run. α > 0 needs
+    TDE predictors; a softmax model takes NorCal γ values only."""
+    predictors = box_stages(model, "The alpha sweep")[3]
     heads = model.roi_heads
-    if isinstance(heads, CascadeROIHeads):
-        predictors = list(heads.box_predictor)
-    elif isinstance(heads, StandardROIHeads):
-        predictors = [heads.box_predictor]
-    else:
-        predictors = []
-    if not predictors or not all(isinstance(p, TDEFastRCNNOutputLayers) for p in predictors):
-        raise ConfigError(
-            f"The alpha sweep needs De-confound-TDE ROI heads (MODEL.ROI_HEADS.NAME TDEStandardROIHeads or "
-            f"TDECascadeROIHeads); this model has {type(heads).__name__} with box predictor(s) "
-            f"{[type(p).__name__ for p in predictors] or type(getattr(heads, 'box_predictor', None)).__name__}."
-        )
+    tde = [isinstance(p, TDEFastRCNNOutputLayers) for p in predictors]
+    if not all(tde):
+        if any(tde) or not all(isinstance(p, FastRCNNOutputLayers) for p in predictors):
+            raise ConfigError(
+                f"The sweep needs box predictors that are all TDEFastRCNNOutputLayers or all Detectron2's "
+                f"FastRCNNOutputLayers; this model's {type(heads).__name__} has "
+                f"{[type(p).__name__ for p in predictors]}."
+            )
+        if any(a > 0 for a in alphas) or not gammas:
+            raise ConfigError(
+                f"TDE alpha values need De-confound-TDE ROI heads (MODEL.ROI_HEADS.NAME TDEStandardROIHeads or "
+                f"TDECascadeROIHeads); this model has {type(heads).__name__} with softmax box predictors, for "
+                "which the sweep scores NorCal only: give --alphas 0 and --gammas (e.g. 0.25 0.5 1)."
+            )
     for k, p in enumerate(predictors):
         # The sweep scores with softmax (plain) and the §4 rule (α > 0); a sigmoid-CE predictor's own
         # plain scores are per-class sigmoids and it refuses TDE, so no row would be the model's.
@@ -144,7 +176,7 @@ def _tde_predictors(model) -> List[TDEFastRCNNOutputLayers]:
                 "Evaluate this model's plain scores with tools/train_net.py --eval-only, or train with "
                 "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False to use TDE."
             )
-        if not p.cls_score.has_mean:
+        if tde[k] and any(a > 0 for a in alphas) and not p.cls_score.has_mean:
             raise ConfigError(
                 f"The moving-average feature of box predictor {k} is all zero, so TDE is inactive and every "
                 "alpha would give the plain scores. Load trained TDE weights (MODEL.WEIGHTS path/to/model.pth)."
@@ -159,7 +191,7 @@ class SweepStatistics:
     - ``cos_sum[s]``: Σ over regions and heads of cos(x^k, d̂^k) at stage s; ``num_regions``: regions
       scored per stage (the same for every stage); K = ``num_heads[s]``.
     - ``top1[v]`` [C]: per class, the number of foreground regions whose top-1 foreground class under
-      α = ``values[v]`` is that class. A region is foreground when its plain background probability
+      the setting ``values[v]`` (a row name: "plain", "alpha=1.5", "norcal_gamma=0.5") is that class. A region is foreground when its plain background probability
       (cascade: averaged over stages) is < 0.5 -- with background exemption that is also its TDE
       background score, so plain and TDE are compared on the same regions.
     """
@@ -197,7 +229,7 @@ class SweepStatistics:
     def mean_cos(self) -> float:
         """The mean over stages of :attr:`mean_cos_per_stage`."""
         per_stage = self.mean_cos_per_stage
-        return sum(per_stage) / len(per_stage)
+        return sum(per_stage) / len(per_stage) if per_stage else float("nan")  # NaN: softmax model
 
     @property
     def heuristic_alpha(self) -> float:
@@ -207,16 +239,16 @@ class SweepStatistics:
             return float("nan")
         return 1.0 / m if m > 0 else float("inf")
 
-    def top1_counts(self, alpha) -> List[int]:
-        """Per-class top-1 foreground-region counts for α (None or 0 = plain)."""
-        return self.top1[self.values.index(0.0 if alpha is None else float(alpha))].tolist()
+    def top1_counts(self, setting) -> List[int]:
+        """Per-class top-1 foreground-region counts for a setting: α (None or 0 = plain) or a row name."""
+        return self.top1[self.values.index(_key(setting))].tolist()
 
 
 # ----------------------------------------------------------------------------- per batch
 class SweepBatch:
-    """Detections of one batch for every α value; :meth:`outputs` post-processes one α on demand.
+    """Detections of one batch for every setting; :meth:`outputs` post-processes one on demand.
 
-    ``instances[α]``: per-image Instances (pred_boxes, scores, pred_classes) at the network's input
+    Settings are keyed by row name ("plain", "alpha=1.5", "norcal_gamma=0.5"). ``instances[α]``: per-image Instances (pred_boxes, scores, pred_classes) at the network's input
     resolution, as ``fast_rcnn_inference`` returns them. With a mask / keypoint head, ``unions``
     holds per image every (region, class) detection of any α once, with the head's outputs, and
     ``rows[α][i]`` the union row of each detection of α. The union is post-processed (masks pasted
@@ -243,8 +275,9 @@ class SweepBatch:
         )
 
     def outputs(self, alpha) -> List[dict]:
-        """``model(batched_inputs)``'s output for α (None = plain): ``[{"instances": Instances}]``."""
-        alpha = 0.0 if alpha is None else float(alpha)
+        """``model(batched_inputs)``'s output for α (None = plain) or a setting's row name:
+        ``[{"instances": Instances}]``."""
+        alpha = _key(alpha)
         if self.unions is None or self._pasted_bytes() > self._paste_budget:
             per_image = []
             for i, inst in enumerate(self.instances[alpha]):
@@ -290,20 +323,31 @@ class AlphaSweep:
     """Runs a TDE ``GeneralizedRCNN`` once per batch and returns its detections for every α.
 
     ``sweep(batched_inputs)`` -> :class:`SweepBatch`; ``sweep.stats`` accumulates the measured
-    cos and the top-1 class counts. α values: 0 (= plain) and `alphas`. Call under
-    ``torch.no_grad()`` with the model in eval mode (:func:`inference_on_dataset_alphas` does).
+    cos (TDE models) and the top-1 class counts. Settings (``values``, row names): "plain", α in
+    `alphas` (> 0; TDE models) and NorCal γ in `gammas` (> 0; needs `class_counts` [C] > 0). Call
+    under ``torch.no_grad()`` with the model in eval mode (:func:`inference_on_dataset_alphas` does).
     """
 
-    def __init__(self, model, alphas: Sequence[float], paste_budget: int = PASTE_BUDGET_BYTES):
-        self.model = _unwrap(model)
+    def __init__(self, model, alphas: Sequence[float], paste_budget: int = PASTE_BUDGET_BYTES,
+                 gammas: Sequence[float] = (), class_counts=None):  # fmt: skip
+        self.model = box_stages(model, "The alpha sweep")[0]
         self.paste_budget = paste_budget
         self.alphas = check_alphas(alphas)
-        self.values = [0.0] + [a for a in self.alphas if a != 0.0]
-        self.predictors = _tde_predictors(self.model)
+        self.gammas = check_gammas(gammas)
+        self.predictors = _sweep_predictors(self.model, self.alphas, self.gammas)
+        self.is_tde = isinstance(self.predictors[0], TDEFastRCNNOutputLayers)
         heads = self.model.roi_heads
-        self.stats = SweepStatistics(
-            self.values, heads.num_classes, [p.cls_score.num_heads for p in self.predictors]
-        )
+        self.log_counts = None
+        if self.gammas:
+            if class_counts is None:
+                raise ConfigError("NorCal gamma values need the class training counts (class_counts).")
+            self.log_counts = check_norcal(class_counts, 0.0, heads.num_classes)[0].log()
+        self.settings = OrderedDict([(PLAIN, ("alpha", 0.0))])
+        self.settings.update((setting_name(a), ("alpha", a)) for a in self.alphas if a != 0.0)
+        self.settings.update((gamma_setting_name(g), ("gamma", g)) for g in self.gammas if g != 0.0)
+        self.values = list(self.settings)
+        num_heads = [p.cls_score.num_heads for p in self.predictors] if self.is_tde else []
+        self.stats = SweepStatistics(self.values, heads.num_classes, num_heads)
 
     # -- the α-independent part: proposals, every stage's predictions, the final boxes
     def _proposals(self, images, features, batched_inputs):
@@ -314,7 +358,9 @@ class AlphaSweep:
     def _box_stages(self, features, proposals):
         """[(predictor, (y, b), box features x, proposals)] per stage and the last stage's boxes [R_i, C*4].
 
-        Each stage's predictor runs once, through ``forward_with_counterfactual`` (y, b and the deltas).
+        Each stage's predictor runs once: TDE through ``forward_with_counterfactual`` (y, b and the
+        deltas); softmax through ``forward`` (raw logits, b = None; not ``__call__``, so a NorCal
+        hook of the model is not applied on top of the sweep's own).
         """
         heads = self.model.roi_heads
         box_features = [features[f] for f in heads.box_in_features]
@@ -330,21 +376,27 @@ class AlphaSweep:
             else:
                 box_head, predictor = heads.box_head, heads.box_predictor
             x = box_head(heads.box_pooler(box_features, [p.proposal_boxes for p in proposals]))
-            predictions, b = predictor.forward_with_counterfactual(x)
+            if self.is_tde:
+                predictions, b = predictor.forward_with_counterfactual(x)
+            else:
+                predictions, b = predictor.forward(x), None
             boxes = predictor.predict_boxes(predictions, proposals)
             stages.append((predictor, (predictions[0], b), x, proposals))
         return stages, boxes
 
     # -- the α-dependent part
-    def _scores(self, terms, alpha, counts):
-        """Per-image scores [R_i, C+1] for α, exactly as the ROI heads' inference computes them."""
+    def _scores(self, terms, key, counts):
+        """Per-image scores [R_i, C+1] for a setting, exactly as the ROI heads' inference computes them."""
+        kind, value = self.settings[key]
         per_stage = []
         for predictor, (y, b) in zip(self.predictors, terms):
-            # The model's own eval scores (fp32): softmax of its test-time logits (tde_logits) for this α.
-            if alpha == 0.0:  # TDE inactive: Detectron2's softmax (FastRCNNOutputLayers.predict_probs)
+            # The model's own eval scores (fp32): softmax of its test-time logits for this setting.
+            if kind == "gamma":  # NorCal: what apply_norcal's logits give under predict_probs
+                probs = torch.softmax(norcal_logits(y, self.log_counts, value), dim=-1)
+            elif value == 0.0:  # TDE inactive: Detectron2's softmax (FastRCNNOutputLayers.predict_probs)
                 probs = plain_probs(y)
             else:
-                probs = tde_probs(y, b, alpha, predictor.background_exempt)
+                probs = tde_probs(y, b, value, predictor.background_exempt)
             per_stage.append(probs.split(counts, dim=0))
         if not isinstance(self.model.roi_heads, CascadeROIHeads):
             return list(per_stage[0])
@@ -352,7 +404,7 @@ class AlphaSweep:
         return [sum(list(scores_per_image)) * (1.0 / n) for scores_per_image in zip(*per_stage)]
 
     def _count_top1(self, scores_by_value):
-        plain = torch.cat(scores_by_value[0.0])
+        plain = torch.cat(scores_by_value[PLAIN])
         fg = plain[:, -1] < 0.5
         self.stats.num_fg_regions += int(fg.sum())
         num_classes = self.stats.top1.shape[1]
@@ -373,7 +425,7 @@ class AlphaSweep:
         if not (getattr(heads, "mask_on", False) or getattr(heads, "keypoint_on", False)):
             return None, None
         unions, rows = [], {v: [] for v in self.values}
-        for i in range(len(kept[0.0])):
+        for i in range(len(kept[PLAIN])):
             cat = Instances.cat([dets[v][i] for v in self.values])
             keys = torch.cat([kept[v][i] for v in self.values]) * (heads.num_classes + 1) + cat.pred_classes
             uniq, inverse = torch.unique(keys, return_inverse=True)
@@ -412,7 +464,8 @@ class AlphaSweep:
         terms = []
         for s, (predictor, (y, b), x, _) in enumerate(stages):
             terms.append((y, b))
-            self.stats.cos_sum[s] += predictor.cls_score.mean_cosine(x.flatten(1)).double().sum().cpu()
+            if self.is_tde:
+                self.stats.cos_sum[s] += predictor.cls_score.mean_cosine(x.flatten(1)).double().sum().cpu()
         self.stats.num_regions += sum(counts)
         del stages
 
@@ -439,9 +492,10 @@ class SweepResult:
     """What :func:`inference_on_dataset_alphas` returns (``results`` only filled on the main process)."""
 
     alphas: List[float]
-    results: "OrderedDict[str, dict]"  # row name ("plain", "alpha=1.5", ...) -> evaluator results
+    results: "OrderedDict[str, dict]"  # row name ("plain", "alpha=1.5", "norcal_gamma=0.5") -> evaluator results
     stats: SweepStatistics
     timing: Dict[str, float] = field(default_factory=dict)
+    gammas: List[float] = field(default_factory=list)
 
     @property
     def mean_cos(self) -> float:
@@ -453,12 +507,13 @@ class SweepResult:
 
     def rows(self) -> List[dict]:
         """:func:`metric_rows` of the results."""
-        return metric_rows(self.results, self.alphas)
+        return metric_rows(self.results, self.alphas, self.gammas)
 
     def to_json(self) -> dict:
         rows = self.rows()
         return {
             "alphas": self.alphas,
+            "gammas": self.gammas,
             "rows": rows,
             "best": best_per_metric(rows),
             "mean_cos": self.mean_cos,
@@ -483,32 +538,38 @@ def inference_on_dataset_alphas(
     data_loader,
     alphas: Sequence[float],
     build_evaluator: Optional[Callable[[str], object]] = None,
+    gammas: Sequence[float] = (),
+    class_counts=None,
 ) -> SweepResult:
-    """Detectron2's ``inference_on_dataset`` for every α at once (model run once per batch).
+    """Detectron2's ``inference_on_dataset`` for every α (and NorCal γ) at once (model run once per batch).
 
     Args:
-        model: a ``GeneralizedRCNN`` with TDE ROI heads (set to eval mode for the run).
+        model: a ``GeneralizedRCNN`` with TDE ROI heads, or softmax ROI heads with `gammas` only
+            (set to eval mode for the run).
         data_loader: an iterable of batched inputs (e.g. ``build_detection_test_loader``; under
             ``launch`` each process gets its shard).
         alphas: the α values (>= 0); the ``plain`` row (α = 0) is always added.
         build_evaluator: ``setting name -> DatasetEvaluator`` (or None): one evaluator per distinct
-            α value ("plain" also serves an α = 0 row). None: no evaluation (benchmarks).
+            setting ("plain" also serves α = 0 and γ = 0 rows). None: no evaluation (benchmarks).
+        gammas, class_counts: NorCal γ values (>= 0) and the class training counts [C] they need.
 
     Returns:
-        :class:`SweepResult` with rows "plain", then ``setting_name(α)`` in the order given. As in
+        :class:`SweepResult` with rows "plain", then ``setting_name(α)`` in the order given, then
+        ``gamma_setting_name(γ)``. As in
         Detectron2, each evaluator's ``evaluate()`` gathers the detections on the main process;
         other processes get empty results. ``stats`` are summed over all processes. ``timing``:
         ``inference`` (model + post-processing of every α, like inference_on_dataset's compute
         time), ``evaluator_process`` and ``evaluate`` seconds on this process.
     """
-    sweep = AlphaSweep(model, alphas)
+    sweep = AlphaSweep(model, alphas, gammas=gammas, class_counts=class_counts)
     evaluators = OrderedDict()
     if build_evaluator is not None:
-        for value in sweep.values:
-            evaluators[value] = build_evaluator(setting_name(None if value == 0.0 else value))
-            evaluators[value].reset()
+        for key in sweep.values:
+            evaluators[key] = build_evaluator(key)
+            evaluators[key].reset()
     total = len(data_loader) if hasattr(data_loader, "__len__") else None
-    logger.info("Alpha sweep: plain + alpha in %s, %s batches", sweep.alphas, total if total is not None else "?")
+    logger.info("Alpha sweep: plain + alpha in %s + NorCal gamma in %s, %s batches", sweep.alphas, sweep.gammas,
+                total if total is not None else "?")
     timing = {"inference": 0.0, "evaluator_process": 0.0}
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -543,15 +604,17 @@ def inference_on_dataset_alphas(
     stats = sweep.stats.merged()
     results = OrderedDict()
     if comm.is_main_process() and evaluators:
-        results[PLAIN] = by_value[0.0]
+        results[PLAIN] = by_value[PLAIN]
         for a in sweep.alphas:
-            results[setting_name(a)] = by_value[a]
+            results[setting_name(a)] = by_value[_key(a)]
+        for g in sweep.gammas:
+            results[gamma_setting_name(g)] = by_value[PLAIN if g == 0.0 else gamma_setting_name(g)]
     logger.info(
         "Alpha sweep done: inference %.1f s (all alphas), evaluator.process %.1f s, evaluate %.1f s; "
         "mean cos(x, d_hat) = %.4f -> heuristic alpha = 1 / mean cos = %.3f",
         timing["inference"], timing["evaluator_process"], timing["evaluate"], stats.mean_cos, stats.heuristic_alpha,
     )
-    return SweepResult(sweep.alphas, results, stats, timing)
+    return SweepResult(sweep.alphas, results, stats, timing, sweep.gammas)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -564,16 +627,18 @@ def _metric(results, task, name):
     return float(value)
 
 
-def metric_rows(results: "OrderedDict[str, dict]", alphas: Sequence[float]) -> List[dict]:
-    """One dict per row: ``{"setting", "alpha" (None for plain), "AP", "AP50", "APr", "APc", "APf", "APbox"}``.
+def metric_rows(results: "OrderedDict[str, dict]", alphas: Sequence[float], gammas: Sequence[float] = ()) -> List[dict]:
+    """One dict per row: ``{"setting", "alpha" (None for plain and NorCal rows), "gamma" (NorCal's γ,
+    else None), "AP", "AP50", "APr", "APc", "APf", "APbox"}``.
 
     AP..APf are mask AP when the results have "segm", else box AP; values as the evaluator
     reports them (Detectron2: percent), None where undefined.
     """
     alpha_of = {PLAIN: None, **{setting_name(a): float(a) for a in alphas}}
+    gamma_of = {gamma_setting_name(g): float(g) for g in gammas}
     rows = []
     for name, res in results.items():
-        row = {"setting": name, "alpha": alpha_of.get(name)}
+        row = {"setting": name, "alpha": alpha_of.get(name), "gamma": gamma_of.get(name)}
         row.update((title, _metric(res or {}, task, key)) for title, task, key in METRICS)
         row.update(
             (title, _metric(res or {}, task, key)) for title, task, key in FIXED_METRICS
@@ -609,11 +674,11 @@ def format_sweep_table(rows: List[dict], mean_cos: Optional[float] = None, heuri
             if v is not None and best.get(t, {}).get("setting") == r["setting"]:
                 cell = f"**{cell}**"
             cells.append(cell)
-        label = r["setting"] + (" (= plain)" if r["alpha"] == 0.0 else "")
+        label = r["setting"] + (" (= plain)" if r["alpha"] == 0.0 or r.get("gamma") == 0.0 else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Best per metric: " + ", ".join(f"{t} {b['setting']} ({b['value']:.1f})" for t, b in best.items()))
-    if mean_cos is not None:
+    if mean_cos is not None and math.isfinite(mean_cos):  # NaN: a softmax model (no x̄)
         lines.append(
             f"Heuristic (alpha * mean cos(x, d_hat) = 1): mean cos = {mean_cos:.4f} -> alpha = {heuristic_alpha:.3f}"
         )

@@ -30,12 +30,11 @@ from typing import List, Optional
 
 import torch
 from detectron2.layers.mask_ops import paste_masks_in_image
-from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Boxes
-from torch import nn
 
 from ..errors import ConfigError
 from ..modeling.cosine_classifier import MultiHeadCosineClassifier, plain_probs, tde_probs
+from ..modeling.roi_heads import box_stages
 
 __all__ = ["DetectionCams", "detection_cams", "grad_cam", "has_tde_head", "normalize_cams", "paste_cams"]
 
@@ -100,30 +99,9 @@ class DetectionCams:
     alpha: Optional[float] = None
 
 
-def _box_parts(model):
-    """(roi_heads, [box_head per stage], [box_predictor per stage]); clear errors for other models."""
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    for attr in ("backbone", "roi_heads", "preprocess_image"):
-        if not hasattr(model, attr):
-            raise TypeError(
-                f"Grad-CAM per detection needs a GeneralizedRCNN (MODEL.META_ARCHITECTURE 'GeneralizedRCNN'); "
-                f"got {type(model).__name__}, which has no {attr!r}."
-            )
-    heads = model.roi_heads
-    if isinstance(heads, CascadeROIHeads):
-        return model, heads, list(heads.box_head), list(heads.box_predictor)
-    if isinstance(heads, StandardROIHeads):
-        return model, heads, [heads.box_head], [heads.box_predictor]
-    raise TypeError(
-        f"Grad-CAM per detection supports StandardROIHeads and CascadeROIHeads (and their TDE versions); "
-        f"this model has {type(heads).__name__}."
-    )
-
-
 def has_tde_head(model) -> bool:
     """True when the model's box predictors are De-confound-TDE ones (cosine classifier with x̄)."""
-    predictors = _box_parts(model)[3]
+    predictors = box_stages(model, "Grad-CAM per detection")[3]
     return all(isinstance(p.cls_score, MultiHeadCosineClassifier) for p in predictors)
 
 
@@ -143,7 +121,7 @@ def detection_cams(model, model_input: dict, boxes, classes: torch.Tensor, alpha
     Returns :class:`DetectionCams` (maps [R, S, S] and scores [R], on the model's device).
     Parameters' ``.grad`` are not touched (``torch.autograd.grad`` w.r.t. the pooled features).
     """
-    model, heads, box_heads, predictors = _box_parts(model)
+    model, heads, box_heads, predictors = box_stages(model, "Grad-CAM per detection")
     if model.training:
         raise ValueError("detection_cams needs the model in eval mode: call model.eval() first.")
     cosine = [isinstance(p.cls_score, MultiHeadCosineClassifier) for p in predictors]

@@ -10,9 +10,33 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 
+from ..errors import ConfigError
 from .box_predictor import TDEFastRCNNOutputLayers
 
-__all__ = ["TDEStandardROIHeads", "TDECascadeROIHeads"]
+__all__ = ["TDEStandardROIHeads", "TDECascadeROIHeads", "box_stages"]
+
+
+def box_stages(model, purpose):
+    """(model, roi_heads, [box_head per stage], [box_predictor per stage]) of a ``GeneralizedRCNN``
+    (unwrapped from DDP) with Standard or Cascade ROI heads (TDE or Detectron2's); a ConfigError
+    naming `purpose` (e.g. "The alpha sweep") for any other model."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    for attr in ("backbone", "proposal_generator", "roi_heads", "preprocess_image", "_postprocess"):
+        if not hasattr(model, attr):
+            raise ConfigError(
+                f"{purpose} runs a GeneralizedRCNN (MODEL.META_ARCHITECTURE 'GeneralizedRCNN'); got "
+                f"{type(model).__name__}, which has no {attr!r}."
+            )
+    heads = model.roi_heads
+    if isinstance(heads, CascadeROIHeads):
+        return model, heads, list(heads.box_head), list(heads.box_predictor)
+    if isinstance(heads, StandardROIHeads):
+        return model, heads, [heads.box_head], [heads.box_predictor]
+    raise ConfigError(
+        f"{purpose} supports StandardROIHeads and CascadeROIHeads (and their TDE versions); this model has "
+        f"{type(heads).__name__}."
+    )
 
 
 def _check_predictors(heads_cls, predictors):
