@@ -1,6 +1,9 @@
-"""Diagnostics figures of the TDE study (``benchmarks/tde_study.py --figures``), PNG into docs/figures.
+"""Diagnostics figures of the TDE study (benchmarks/tde_study.py), PNG into docs/figures.
 
-Per data set, from the De-confound model of one seed (and the softmax model of the same seed):
+    .venv/bin/python benchmarks/tde_study_figures.py [--seed 0] [--schedule short]
+
+Per data set, from the De-confound model of one seed (and the softmax model of the same seed) of one
+schedule:
 
 - ``tde_study_<ds>_classifier.png``: per class against its training image count, the weight norm
   ‖w_i‖ (softmax and De-confound classifiers) and the alignment ⟨ŵ_i, d̂⟩ = mean over heads k of
@@ -15,12 +18,16 @@ And ``tde_study_heldout_alpha.png`` (held-out mask AP against α, every seed, bo
 ``fine_classes.png`` (one training instance of every class of the fine-grained set, a family per row).
 """
 
+import argparse
 import json
 import os
+import sys
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from tde_study import DATASETS, DEFAULT_JSON, DEFAULT_WORKDIR, PAPER_ALPHA, REPO, SCHEDULES, _details_path
 
 from tde_det.evaluation.figures import lvis_category_stats, plot_prediction_distribution
 
@@ -100,7 +107,8 @@ def plot_cos_hist(cos, plain_fg, path, title, alpha=1.5):
     return _save(fig, path)
 
 
-def plot_heldout_alpha(details, path):
+def plot_heldout_alpha(details, path, schedule="350x4"):
+    details = {k.split("/", 1)[1]: v for k, v in details.items() if k.split("/")[0] == schedule}
     datasets = sorted({k.split("/")[0] for k in details if k.split("/")[1] == "deconfound"})
     fig = Figure(figsize=(5.0 * max(len(datasets), 1), 3.4), dpi=100)
     for j, ds in enumerate(datasets):
@@ -147,23 +155,22 @@ def fine_montage(root, path, spec, tile=64):
     return path
 
 
-def write_figures(study_json, workdir, seed, out_dir, datasets=None, montage=True):
-    """All figures from the study's outputs; returns the written paths (skips data sets not run yet).
-    `datasets`: name -> dataset prefix (default: the study's)."""
+def write_figures(study_json, workdir, seed, out_dir, datasets=None, montage=True, schedule="350x4"):
+    """All figures from the study's outputs at `schedule` ("<iters>x<batch>"); returns the written paths
+    (skips data sets not run yet). `datasets`: name -> dataset prefix (default: the study's)."""
     from detectron2.data import MetadataCatalog
 
     import tde_det  # noqa: F401  (registers the demo data sets)
     from tde_det.data import FINE_SPEC, prepare_dataset
-    from tde_study import DATASETS, PAPER_ALPHA, _details_path
 
     out_dir = str(out_dir)
     with open(_details_path(study_json)) as f:
         details = json.load(f)
     paths = []
     for ds, prefix in (datasets or DATASETS).items():
-        key = f"{ds}/deconfound/seed{seed}"
-        deconf = os.path.join(workdir, ds, "deconfound", f"seed{seed}", "model_final.pth")
-        softmax = os.path.join(workdir, ds, "softmax", f"seed{seed}", "model_final.pth")
+        key = f"{schedule}/{ds}/deconfound/seed{seed}"
+        deconf = os.path.join(workdir, schedule, ds, "deconfound", f"seed{seed}", "model_final.pth")
+        softmax = os.path.join(workdir, schedule, ds, "softmax", f"seed{seed}", "model_final.pth")
         if key not in details or not os.path.isfile(deconf):
             continue
         prepare_dataset(f"{prefix}_val")
@@ -183,11 +190,29 @@ def write_figures(study_json, workdir, seed, out_dir, datasets=None, montage=Tru
             cats["image_count"], series, os.path.join(out_dir, f"tde_study_{ds}_predictions.png"),
             frequency=cats["frequency"], class_names=cats["names"],
             title=f"{prefix}_val: top-1 class of the plain-foreground regions (seed {seed})"))
-    if any(k.split("/")[1] == "deconfound" for k in details):
-        paths.append(plot_heldout_alpha(details, os.path.join(out_dir, "tde_study_heldout_alpha.png")))
+    if any(k.split("/")[0] == schedule and k.split("/")[2] == "deconfound" for k in details):
+        paths.append(plot_heldout_alpha(details, os.path.join(out_dir, "tde_study_heldout_alpha.png"), schedule))
     if not montage:
         return paths
     fine_root = os.path.dirname(os.path.dirname(MetadataCatalog.get("tde_demo_lt_fine_train").json_file))
     prepare_dataset("tde_demo_lt_fine_train")
     paths.append(fine_montage(fine_root, os.path.join(out_dir, "fine_classes.png"), FINE_SPEC))
     return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=str(DEFAULT_JSON), help="the study JSON (default: %(default)s)")
+    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="weights of the study (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed whose models the figures show (default: 0)")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default="short",
+                        help="schedule of the models shown (default: %(default)s)")
+    args = parser.parse_args(argv)
+    n, b = SCHEDULES[args.schedule]
+    for path in write_figures(args.output, args.workdir, args.seed, REPO / "docs/figures", schedule=f"{n}x{b}"):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
