@@ -594,9 +594,9 @@ def _evaluate_deconfound(cfg, model, dataset, seed, splits, details, counts):
 
 
 # ----------------------------------------------------------------------------- the driver
-def plan(seeds, datasets):
+def plan(seeds, datasets, models=tuple(CONFIGS)):
     """Units in seed-major order: seed 0 of every data set and model first."""
-    return [(d, m, s) for s in seeds for d in datasets for m in ("softmax", "deconfound")]
+    return [(d, m, s) for s in seeds for d in datasets for m in CONFIGS if m in models]
 
 
 def _details_path(json_path):
@@ -606,7 +606,7 @@ def _details_path(json_path):
 def drive(args):
     data = load_study(args.output)
     sched = schedule_of(args.max_iter, args.ims_per_batch)
-    todo = [u for u in plan(args.seeds, args.datasets) if not unit_done(data, *u, sched)]
+    todo = [u for u in plan(args.seeds, args.datasets, args.models) if not unit_done(data, *u, sched)]
     print(f"[tde_study] {len(todo)} unit(s) to run: {todo}", flush=True)
     os.makedirs(args.workdir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -652,6 +652,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(PREFIXES))
+    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--output", default=str(DEFAULT_JSON), help="the study JSON (default: %(default)s)")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="weights, logs, splits (default: %(default)s)")
     parser.add_argument("--table", action="store_true", help="print the mean ± std Markdown tables and exit")

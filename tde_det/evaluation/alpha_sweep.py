@@ -160,7 +160,7 @@ def _sweep_predictors(model, alphas, gammas) -> List[FastRCNNOutputLayers]:
                 f"FastRCNNOutputLayers; this model's {type(heads).__name__} has "
                 f"{[type(p).__name__ for p in predictors]}."
             )
-        if any(a > 0 for a in alphas) or not gammas:
+        if any(a > 0 for a in alphas):
             raise ConfigError(
                 f"TDE alpha values need De-confound-TDE ROI heads (MODEL.ROI_HEADS.NAME TDEStandardROIHeads or "
                 f"TDECascadeROIHeads); this model has {type(heads).__name__} with softmax box predictors, for "

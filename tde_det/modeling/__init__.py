@@ -6,6 +6,7 @@ Detectron2's ``ROI_HEADS_REGISTRY`` and the demo backbone (``backbone.py``) in `
 
 from . import backbone  # noqa: F401  (registration)
 from .box_predictor import TDEFastRCNNOutputLayers
+from .calibration import apply_norcal, norcal_probs
 from .cosine_classifier import (
     MultiHeadCosineClassifier,
     background_exempt_probs,
@@ -21,8 +22,10 @@ __all__ = [
     "TDECascadeROIHeads",
     "TDEFastRCNNOutputLayers",
     "TDEStandardROIHeads",
+    "apply_norcal",
     "background_exempt_probs",
     "exempt_logits",
+    "norcal_probs",
     "plain_probs",
     "tde_logits",
     "tde_probs",
