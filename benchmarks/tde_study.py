@@ -337,6 +337,24 @@ def group_shares(details, dataset, frequency, alpha=PAPER_ALPHA, schedule=None):
     return out
 
 
+def val_oracles(details, dataset, schedule):
+    """From `details`: per (model, kind) with val curves, the per-seed (best value, best val AP − AP at 0)
+    over the grid -- an oracle on val, a diagnostic of what a rule could at most gain, never a choice."""
+    prefix = f"{schedule['iters']}x{schedule['ims_per_batch']}/{dataset}/"
+    out = OrderedDict()
+    for label, model, kind in (("NorCal on softmax", "softmax", "AP_by_gamma"), ("TDE on plain", "deconfound", "AP_by_alpha"),
+                               ("NorCal on plain", "deconfound", "AP_by_gamma")):
+        for key in sorted(details):
+            curve = details[key].get("val", {}).get(kind)
+            if not key.startswith(prefix) or key.split("/")[2] != model or not curve:
+                continue
+            base = curve[0][1]
+            best = _best(curve)
+            gain = dict(curve)[best] - base
+            out.setdefault(label, []).append((best, gain))
+    return out
+
+
 def format_tables(data, details=None, frequencies=None):
     """The Markdown tables of every data set and schedule in `data`, the paired differences of
     :data:`PAIRS` and, with `details` and `frequencies` (data set -> r/c/f per class), mean cos and
@@ -355,6 +373,17 @@ def format_tables(data, details=None, frequencies=None):
                                  + ", ".join(f"{v:+.1f}" for v in d) + ")")
             if diffs:
                 parts.append(f"Paired per seed ({n} × {b}): " + "; ".join(diffs) + ".")
+            oracles = val_oracles(details or {}, dataset, schedule)
+            if oracles:
+                cells = []
+                for label, pairs in oracles.items():
+                    gains = [g for _, g in pairs]
+                    sd = f" ± {statistics.stdev(gains):.1f}" if len(gains) > 1 else ""
+                    sym = "γ" if "NorCal" in label else "α"
+                    cells.append(f"{label} +{statistics.mean(gains):.1f}{sd} AP at the best {sym} on val (per seed: "
+                                 + ", ".join(f"{sym} {v:g}: {g:+.1f}" for v, g in pairs) + ")")
+                parts.append(f"Val oracles ({n} × {b}; the grid value best ON VAL, a diagnostic of what a rule could "
+                             "at most gain, never used to choose): " + "; ".join(cells) + ".")
             if details and frequencies and dataset in frequencies:
                 shares = group_shares(details, dataset, frequencies[dataset], schedule=schedule)
                 if shares:
@@ -522,12 +551,18 @@ def _best(candidates):
     return max(candidates, key=lambda t: (t[1] if t[1] is not None else -1.0, -t[0]))[0]
 
 
+def _ap_by(sweep, kind):
+    """[(value, mask AP)] of a sweep result for 0 (plain) and every α (kind "alpha") or γ ("gamma") of the grid."""
+    from tde_det.evaluation.alpha_sweep import gamma_setting_name, setting_name
+
+    values = HELDOUT_ALPHAS if kind == "alpha" else HELDOUT_GAMMAS
+    name = setting_name if kind == "alpha" else gamma_setting_name
+    return [(0.0, _metrics(sweep.results["plain"])["AP"])] + [(v, _metrics(sweep.results[name(v)])["AP"]) for v in values]
+
+
 def _heldout_gamma(held, details):
     """NorCal's γ with the best held-out mask AP among {0} ∪ HELDOUT_GAMMAS (recorded in `details`)."""
-    from tde_det.evaluation.alpha_sweep import gamma_setting_name
-
-    scored = [(0.0, _metrics(held.results["plain"])["AP"])]
-    scored += [(g, _metrics(held.results[gamma_setting_name(g)])["AP"]) for g in HELDOUT_GAMMAS]
+    scored = _ap_by(held, "gamma")
     details.setdefault("heldout", {}).update(best_gamma=_best(scored), AP_by_gamma=scored)
     return details["heldout"]["best_gamma"]
 
@@ -544,8 +579,9 @@ def _evaluate_softmax(cfg, model, dataset, seed, splits, details, counts):
     """softmax and softmax + NorCal (γ chosen on the held-out images) on val."""
     held = _sweep(cfg, model, splits["heldout"], [0.0], gammas=list(HELDOUT_GAMMAS), counts=counts)
     gamma = _heldout_gamma(held, details)
-    val = _sweep(cfg, model, cfg.DATASETS.TEST[0], [0.0], gammas=[gamma] if gamma > 0 else [], counts=counts)
-    details["val"] = {"top1_plain": val.stats.top1_counts(None), "rows": val.rows()}
+    # val: the whole γ grid in the same pass; the curve is a diagnostic (oracle), never a choice
+    val = _sweep(cfg, model, cfg.DATASETS.TEST[0], [0.0], gammas=list(HELDOUT_GAMMAS), counts=counts)
+    details["val"] = {"top1_plain": val.stats.top1_counts(None), "rows": val.rows(), "AP_by_gamma": _ap_by(val, "gamma")}
     return [dict(dataset=dataset, model="softmax", alpha=None, alpha_rule=None, seed=seed,
                  metrics=_metrics(val.results["plain"])),
             _norcal_run(val, dataset, "softmax_norcal", seed, gamma)]
@@ -567,7 +603,8 @@ def _evaluate_deconfound(cfg, model, dataset, seed, splits, details, counts):
     details["heldout"] = {"mean_cos": held.mean_cos, "heuristic_alpha": heuristic, "best_alpha": best_alpha,
                           "AP_by_alpha": scored, "images": splits["heldout"]}
     gamma = _heldout_gamma(held, details)
-    # 2) val, one pass for plain and every rule's α; per-region cos(x, d̂) and plain fg flag saved
+    # 2) val, one pass for plain, every rule's α and the α and γ grids (their curves are diagnostics:
+    #    oracles, never a choice); per-region cos(x, d̂) and plain fg flag saved
     cos_parts, fg_parts = [], []
     predictor = model.roi_heads.box_predictor
 
@@ -576,14 +613,14 @@ def _evaluate_deconfound(cfg, model, dataset, seed, splits, details, counts):
         cos_parts.append(type(classifier).mean_cosine(classifier, x).mean(dim=1).float().cpu())
         fg_parts.append((torch.softmax(classifier(x).float(), dim=1)[:, -1] < 0.5).cpu())
 
-    val_alphas = sorted({a for a in rules.values() if a > 0})
-    val = _sweep(cfg, model, cfg.DATASETS.TEST[0], val_alphas, hook, gammas=[gamma] if gamma > 0 else [], counts=counts)
+    val_alphas = sorted({a for a in rules.values() if a > 0} | set(HELDOUT_ALPHAS))
+    val = _sweep(cfg, model, cfg.DATASETS.TEST[0], val_alphas, hook, gammas=list(HELDOUT_GAMMAS), counts=counts)
     np.savez_compressed(os.path.join(cfg.OUTPUT_DIR, "val_region_cos.npz"), cos=torch.cat(cos_parts).numpy(),
                         plain_fg=torch.cat(fg_parts).numpy())
     details["val"] = {"mean_cos": val.mean_cos, "heuristic_alpha_val": val.heuristic_alpha,
                       "top1_plain": val.stats.top1_counts(None),
                       "top1": {setting_name(a): val.stats.top1_counts(a) for a in val_alphas},
-                      "rows": val.rows()}
+                      "rows": val.rows(), "AP_by_alpha": _ap_by(val, "alpha"), "AP_by_gamma": _ap_by(val, "gamma")}
     runs = [dict(dataset=dataset, model="plain", alpha=None, alpha_rule=None, seed=seed,
                  metrics=_metrics(val.results["plain"]))]
     for rule, a in rules.items():
