@@ -17,7 +17,10 @@ What it adds to ``DefaultTrainer``:
   wrapped in ``DistributedDataParallel`` without ``device_ids``, which DDP requires for CPU modules
   (Detectron2's ``create_ddp_model`` passes the local rank);
 - ``--resume`` under upstream detectron2 of a run started under detectron2 v0.6, whose checkpoints
-  have no ``_trainer`` entry (v0.6 saves no optimizer state): see :meth:`Trainer.load_state_dict`.
+  have no ``_trainer`` entry (v0.6 saves no optimizer state): see :meth:`Trainer.load_state_dict`;
+- several processes: before each checkpoint and evaluation every process gets the same buffers
+  (BatchNorm statistics averaged, the rest rank 0's; :mod:`tde_det.engine.buffers`), so the
+  evaluation during training scores the weights that are saved.
 """
 
 import contextlib
@@ -28,7 +31,7 @@ from collections import OrderedDict
 import detectron2.engine.defaults
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import ROI_HEADS_REGISTRY
@@ -41,6 +44,7 @@ from ..errors import ConfigError
 from ..evaluation.lvis_evaluator import build_lvis_evaluator
 from ..modeling.calibration import apply_norcal
 from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
+from .buffers import SyncBuffers
 from .checkpoint import make_atomic
 from .results import format_table, update_results_json
 
@@ -179,6 +183,15 @@ class Trainer(DefaultTrainer):
         if cfg.MODEL.NORCAL.GAMMA > 0:
             apply_norcal(model, norcal_class_counts(cfg), cfg.MODEL.NORCAL.GAMMA)
         return model
+
+    def build_hooks(self):
+        """Detectron2's hooks; with several processes :class:`~tde_det.engine.buffers.SyncBuffers`
+        runs before the checkpointer and the evaluation."""
+        ret = super().build_hooks()
+        if comm.get_world_size() > 1:
+            at = next((i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(ret))
+            ret.insert(at, SyncBuffers(self.model, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.TEST.EVAL_PERIOD))
+        return ret
 
     @classmethod
     def build_train_loader(cls, cfg):
