@@ -31,3 +31,8 @@ device-wheels: env  ## wheels the borrowed GPU machine lacks (CPython 3.12 manyl
 
 device-check-sim: device-wheels  ## benchmarks/device_check.sh --simulate: the GPU check's steps on CPU, in a stand-in venv
 	bash benchmarks/device_check.sh --simulate
+
+# Issue 20: tde_det installed into a Detectron2 environment built the way a user builds one (CI leg 3).
+.PHONY: user-env-check
+user-env-check:  ## build/user-env/venv: numpy 1.26 + detectron2 main built by pip; pip install -e . adds only tde_det; suite, peer suite, numpy 2
+	bash scripts/user_env_check.sh

@@ -9,8 +9,8 @@
 # included). Steps, each logged with its elapsed seconds and run under its own time limit (and the
 # whole under DEVICE_CHECK_BUDGET seconds, default 330 on the machine), so one slow step cannot eat
 # the rest; a failed step is recorded and the next ones still run:
-#   install          the carried wheels into a target folder (pip --no-index --target), lvis patched
-#                    there (scripts/patch_third_party.py), every requirement of them checked present;
+#   install          the carried wheels into a target folder (pip --no-index --target), every
+#                    requirement of them checked present;
 #                    PYTHONPATH = this repository + that folder
 #   env              python -m tde_det.collect_env, torch / CUDA / GPU facts
 #   tests            the whole suite (pytest -n 8 where pytest-xdist is there); on the machine, a test
@@ -129,7 +129,6 @@ step_install() {
     echo "installing ${#wheels[@]} wheels into $SITE"
     "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$SITE" "${wheels[@]}"
-    "$PY" scripts/patch_third_party.py lvis "$SITE"
     "$PY" benchmarks/device_report.py deps "$SITE" --json "$WORK/install.json"
     "$PY" -c 'import detectron2.modeling, detectron2.model_zoo, detectron2.export, detectron2.evaluation
 import lvis.eval, pycocotools.mask, fvcore.common.checkpoint, hydra, omegaconf, cv2, tde_det, detectron2

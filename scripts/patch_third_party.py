@@ -1,10 +1,13 @@
-"""Patch detectron2's and lvis' Python sources for numpy 2, Pillow >= 10, setuptools >= 81, torch 2.x.
+"""Patch detectron2's Python sources for numpy 2, Pillow >= 10, setuptools >= 81, torch 2.x.
 
     python scripts/patch_third_party.py detectron2 DIR       # DIR holds detectron2/ (v0.6 sources)
     python scripts/patch_third_party.py detectron2-main DIR  # DIR holds detectron2/ (upstream main)
-    python scripts/patch_third_party.py lvis DIR             # DIR holds lvis/ (lvis 0.5.3, site-packages)
 
-detectron2 v0.6 (2021) and lvis 0.5.3 (2020) predate numpy 1.24 (removed `np.float`, `np.int`,
+Used by ``make env`` on the sources it installs (before installing them), never on an installed
+package. lvis 0.5.3's ``np.float`` is not patched here: tde_det handles it at run time
+(``tde_det.evaluation.lvis_numpy_aliases``), so that it works in any environment.
+
+detectron2 v0.6 (2021) predates numpy 1.24 (removed `np.float`, `np.int`,
 `np.bool`, `np.object`, `np.str`), numpy 2.0 (`np.array(..., copy=False)` now means "never copy"),
 Pillow 10 (removed `Image.LINEAR`), setuptools 81 (removed `pkg_resources`) and torch's removal of
 caffe2. Upstream detectron2 main fixed all of these but `pkg_resources`. Every edit below is an exact
@@ -111,11 +114,6 @@ DETECTRON2_MAIN: dict[str, list[Edit]] = {
     "detectron2/model_zoo/model_zoo.py": [PKG_RESOURCES_IMPORT, PKG_RESOURCES_CALL],
 }
 
-LVIS_053: dict[str, list[Edit]] = {
-    # LVISEval.accumulate: `.astype(dtype=np.float)` on the cumulative TP/FP counts.
-    "lvis/eval.py": [np_aliases(2)],
-}
-
 # Removed names that must not be left anywhere in a patched package (scanned after patching).
 FORBIDDEN = [
     (NP_ALIAS, WHY_NP),
@@ -160,7 +158,7 @@ def patched_text(path: Path, edits: list[Edit], *, optional: bool = False) -> tu
         if n != e.count:
             raise PatchError(
                 f"{path}: expected {e.count} occurrence(s) of {e.old!r}, found {n}: these are not "
-                "the sources this patch was written for (detectron2 v0.6 / lvis 0.5.3)"
+                "the sources this patch was written for (detectron2 v0.6 / upstream main)"
             )
         text = re.sub(e.old, e.new, text) if e.regex else text.replace(e.old, e.new)
     # After an encoding line if there is one, so it stays within the first two lines.
@@ -187,7 +185,6 @@ def scan(package: Path) -> list[str]:
 TARGETS = {
     "detectron2": ("detectron2", DETECTRON2_V06, False),
     "detectron2-main": ("detectron2", DETECTRON2_MAIN, True),
-    "lvis": ("lvis", LVIS_053, False),
 }
 
 

@@ -12,8 +12,9 @@
 #   TDE_DET_DETECTRON2_SRC    path to an upstream detectron2 checkout: install it (compiled, editable)
 #                             instead of the PyPI source release pb1-detectron2==0.6
 #
-# detectron2 v0.6 and lvis 0.5.3 are patched for numpy 2 / Pillow >= 10 / setuptools >= 81 / torch 2.x
-# by scripts/patch_third_party.py (each edit listed there with its reason).
+# detectron2 v0.6's sources are patched for numpy 2 / Pillow >= 10 / setuptools >= 81 / torch 2.x by
+# scripts/patch_third_party.py before they are installed (each edit listed there with its reason).
+# lvis 0.5.3 is installed as released: tde_det gives its evaluator numpy's removed aliases at run time.
 # A second run with nothing to do only checks the stamp and the imports (seconds).
 set -euo pipefail
 
@@ -151,8 +152,10 @@ EOF
     "${PIP[@]}" install -q --no-deps --no-build-isolation "$D2_BUILD"
 fi
 
-step "patch lvis 0.5.3's evaluator for numpy 2 (scripts/patch_third_party.py)"
-"$PY" "${PATCH[@]}" lvis "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+step "lvis as released (set-ups before issue 20 patched lvis/eval.py in place: reinstalled then)"
+if grep -qs "Patched by tde_det" "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lvis/eval.py"; then
+    "${PIP[@]}" install -q --force-reinstall --no-deps "$(grep -E '^lvis==' "$ROOT/requirements.txt")"
+fi
 
 step "install tde_det in editable mode"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"

@@ -39,7 +39,7 @@ def collect_env_info():
         ("sys.platform", sys.platform),
         ("Python", sys.version.split()[0]),
         ("machine", platform.machine()),
-        ("tde_det", _version("tde_det")),
+        ("tde_det", f"{_version('tde_det')} @ {os.path.dirname(os.path.abspath(__file__))}"),
         ("torch", torch.__version__),
         ("torchvision", torchvision.__version__),
         ("detectron2", _version("detectron2")),

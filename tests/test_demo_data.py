@@ -124,6 +124,17 @@ def test_changed_spec_or_incomplete_cache_regenerates(tmp_path):
     assert is_generated(root, other) and not is_generated(root, TINY_SPEC)
 
 
+def test_generating_without_opencv_says_how_to_get_it(tmp_path, monkeypatch):
+    """OpenCV is not a requirement of setup.py (as in Detectron2); only the demo images need it."""
+    from tde_det.data import demo_lt
+
+    monkeypatch.setattr(demo_lt, "cv2", None)
+    monkeypatch.setattr(demo_lt, "_CV2_ERROR", ImportError("No module named 'cv2'"), raising=False)
+    with pytest.raises(ImportError, match=r"needs OpenCV.*No module named 'cv2'.*pip install opencv-python"):
+        ensure_generated(str(tmp_path / "demo"), TINY_SPEC)
+    assert not is_generated(str(tmp_path / "demo"), TINY_SPEC)
+
+
 def test_registration_loads_through_detectron2(tmp_path):
     root = str(tmp_path / "reg")
     register_demo_lt("test_reg_demo", root, TINY_SPEC)

@@ -8,9 +8,11 @@ agree within 1e-6 (the precision / recall arrays too), for bbox and segm.
 import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from lvis import LVIS
 from lvis.eval import Params
@@ -18,9 +20,6 @@ from lvis.eval import Params
 from tde_det.evaluation import fast_lvis
 from tde_det.evaluation.fast_lvis import AP_KEYS, METRIC_KEYS, evaluate, prepare_gt, run_lvis_api_eval, run_lvis_eval
 from tde_det.evaluation.synthetic import make_synthetic_lvis
-
-# lvis-api 0.5.3 itself uses np.float and logger.warn
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lvis")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -334,12 +333,17 @@ def _run(evaluator, pairs):
     return evaluator.evaluate()
 
 
+# Detectron2's own LVISEvaluator (the reference here) calls np.array(<mask tensor>) per detection,
+# which numpy 2 warns about (torch's Tensor.__array__ takes no `copy`); FastLVISEvaluator avoids it.
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:detectron2.evaluation.coco_evaluation"
+)
 def test_evaluator_gives_detectron2_lvis_evaluators_results(tmp_path):
     from detectron2.data import MetadataCatalog
     from detectron2.evaluation import LVISEvaluator
     from detectron2.evaluation import lvis_evaluation
 
-    from tde_det.evaluation import FastLVISEvaluator
+    from tde_det.evaluation import FastLVISEvaluator, lvis_numpy_aliases
 
     gt, results = make_synthetic_lvis(num_images=10, num_cats=12, dets_per_image=(0, 40), seed=5, image_size=(40, 90))
     path = tmp_path / "gt.json"
@@ -350,10 +354,12 @@ def test_evaluator_gives_detectron2_lvis_evaluators_results(tmp_path):
     pairs = _d2_predictions(gt, results)
     original = lvis_evaluation._evaluate_predictions_on_lvis
 
-    ref = _run(LVISEvaluator(name, distributed=False), pairs)  # lvis-api through Detectron2
+    with lvis_numpy_aliases():  # lvis-api through Detectron2, as the README tells users to run it
+        ref = _run(LVISEvaluator(name, distributed=False), pairs)
     fast = _run(FastLVISEvaluator(name, distributed=False, fixed_ap=True), pairs)
     api = _run(FastLVISEvaluator(name, distributed=False, fixed_ap=True, backend="lvis-api"), pairs)
     assert lvis_evaluation._evaluate_predictions_on_lvis is original  # patch undone
+    assert all(torch.is_tensor(out["instances"].pred_masks) for _, out in pairs)  # callers' outputs untouched
 
     assert set(fast) == set(ref) == {"bbox", "segm"}
     for task in ("bbox", "segm"):
@@ -366,6 +372,29 @@ def test_evaluator_gives_detectron2_lvis_evaluators_results(tmp_path):
         # per-category AP averages to AP over the categories with ground truth
         per_cat = [v for k, v in fast[task].items() if k.startswith("AP-") and not math.isnan(v)]
         assert np.mean(per_cat) == pytest.approx(fast[task]["AP"], abs=1e-6)
+
+
+def test_evaluator_process_warns_nothing(tmp_path):
+    """Detectron2's per-mask np.array(<tensor>) warns on numpy 2; FastLVISEvaluator hands it numpy masks."""
+    from detectron2.data import MetadataCatalog
+
+    from tde_det.evaluation import FastLVISEvaluator
+
+    gt, results = make_synthetic_lvis(num_images=3, num_cats=4, dets_per_image=(2, 5), seed=1, image_size=(30, 40))
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    name = f"tde_test_fast_lvis_warn_{tmp_path.name}"
+    MetadataCatalog.get(name).set(json_file=str(path), thing_classes=[c["name"] for c in gt["categories"]])
+    evaluator = FastLVISEvaluator(name, distributed=False)
+    evaluator.reset()
+    pairs = _d2_predictions(gt, results)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for inp, out in pairs:
+            evaluator.process([inp], [out])
+    assert [str(w.message) for w in caught] == []
+    assert sum(len(p["instances"]) for p in evaluator._predictions) == len(results)
+    assert all("segmentation" in d for p in evaluator._predictions for d in p["instances"])
 
 
 def test_build_lvis_evaluator_reads_the_config(tmp_path):

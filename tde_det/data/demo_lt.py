@@ -40,9 +40,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+
+try:  # OpenCV draws the demo images. As for Detectron2, the user picks its distribution
+    import cv2  # (opencv-python, -headless, a system package): not a requirement of setup.py
+except ImportError as e:
+    cv2, _CV2_ERROR = None, e
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +386,11 @@ def _categories(spec, train_images, train_annotations):
 
 def generate(root, spec=DEMO_SPEC):
     """Write the dataset described by `spec` into directory `root` (created; must not exist yet)."""
+    if cv2 is None:
+        raise ImportError(
+            f"generating the demo dataset needs OpenCV, which cannot be imported here ({_CV2_ERROR}): "
+            "pip install opencv-python (or opencv-python-headless)"
+        )
     rng = np.random.RandomState(spec.seed + 1000)
     start = time.perf_counter()
     os.makedirs(os.path.join(root, "annotations"))

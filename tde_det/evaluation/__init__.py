@@ -3,12 +3,14 @@
 (imported on first access, so that the plain functions do not import Detectron2 / torch)."""
 
 from .fast_lvis import evaluate, prepare_gt, run_lvis_api_eval, run_lvis_eval
+from .lvis_compat import lvis_numpy_aliases
 
 __all__ = [
     "evaluate",
     "prepare_gt",
     "run_lvis_eval",
     "run_lvis_api_eval",
+    "lvis_numpy_aliases",
     "FastLVISEvaluator",
     "build_lvis_evaluator",
 ]

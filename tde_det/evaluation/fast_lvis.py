@@ -46,6 +46,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from .lvis_compat import lvis_numpy_aliases
+
 __all__ = [
     "evaluate",
     "run_lvis_eval",
@@ -495,7 +497,8 @@ def run_lvis_api_eval(
         dets = [d for ds in by_cat.values() for d in sorted(ds, key=lambda x: x["score"], reverse=True)[:max_dets_per_cat]]
         max_dets = -1
     ev = LVISEval(gt, LVISResults(gt, dets, max_dets=max_dets), iou_type)
-    ev.run()
+    with lvis_numpy_aliases():  # lvis 0.5.3 uses np.float, removed in numpy 1.24
+        ev.run()
     return LVISEvalResult(OrderedDict(ev.results), ev.eval["precision"], ev.eval["recall"], list(ev.params.cat_ids), ev.freq_groups)
 
 

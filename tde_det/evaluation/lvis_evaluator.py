@@ -4,7 +4,8 @@ Everything but the metric computation is Detectron2's own code (gathering predic
 category-id mapping, ``lvis_instances_results.json``, proposal evaluation): the subclass only
 replaces, while its ``_eval_predictions`` runs, the module function
 ``detectron2.evaluation.lvis_evaluation._evaluate_predictions_on_lvis`` -- the part that builds
-``LVISResults`` and runs ``LVISEval`` -- by :meth:`FastLVISEvaluator._evaluate_task`.
+``LVISResults`` and runs ``LVISEval`` -- by :meth:`FastLVISEvaluator._evaluate_task` (and its
+``process`` hands Detectron2 the predicted masks as numpy arrays, which numpy 2 does not warn about).
 
 Results per task ("bbox", "segm"), in percent like Detectron2's: AP, AP50, AP75, APs, APm, APl,
 APr, APc, APf, AR@300, with ``fixed_ap`` also AP_fixed, AP50_fixed, ..., APf_fixed (Fixed AP, Dave
@@ -18,8 +19,10 @@ import math
 import os
 from collections import OrderedDict
 
+import torch
 from detectron2.evaluation import LVISEvaluator
 from detectron2.evaluation import lvis_evaluation as _d2_lvis
+from detectron2.structures import Instances
 from detectron2.utils.logger import create_small_table
 
 from .fast_lvis import AP_KEYS, FIXED_SUFFIX, prepare_gt, run_lvis_api_eval, run_lvis_eval
@@ -53,6 +56,12 @@ class FastLVISEvaluator(LVISEvaluator):
         self._backend = backend
         self._fixed_ap = bool(fixed_ap)
         self._max_dets_per_cat = int(max_dets_per_cat)
+
+    def process(self, inputs, outputs):
+        # Detectron2's instances_to_coco_json encodes each mask with np.array(<mask tensor>), which on
+        # numpy 2 warns once per detection (torch's Tensor.__array__ takes no `copy` argument); the
+        # masks converted to numpy once per image avoid that. The caller's outputs stay as they are.
+        super().process(inputs, [_with_numpy_masks(output) for output in outputs])
 
     def _eval_predictions(self, *args, **kwargs):
         with _replace_module_function(_d2_lvis, _PATCHED_NAME, self._evaluate_task):
@@ -109,6 +118,15 @@ class FastLVISEvaluator(LVISEvaluator):
 
 
 _GT_CACHE = {}
+
+
+def _with_numpy_masks(output):
+    """`output` with its instances' ``pred_masks`` as a numpy array (a new dict and Instances)."""
+    instances = output.get("instances")
+    if instances is None or not torch.is_tensor(instances.get_fields().get("pred_masks")):
+        return output
+    fields = dict(instances.get_fields(), pred_masks=instances.pred_masks.cpu().numpy())
+    return dict(output, instances=Instances(instances.image_size, **fields))
 
 
 @contextlib.contextmanager
