@@ -19,7 +19,7 @@ setup(
     install_requires=[
         "torch>=2.1",  # tested: 2.11 (user environment in CI), 2.14.1 (make env)
         "torchvision",
-        "numpy>=1.24",  # tested: 1.26.4 and 2.x; lvis-api's np.float is handled at run time
+        "numpy",  # tested: 1.26.4, 2.4.6, 2.5.5; lvis-api's np.float is handled at run time
         "lvis>=0.5.3",  # lvis-api: the reference evaluator (TEST.LVIS_EVAL.BACKEND lvis-api)
         "pycocotools>=2.0.2",  # as detectron2
         "matplotlib",  # alpha-sweep figures, tools/visualize.py
