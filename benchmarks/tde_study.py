@@ -91,6 +91,7 @@ PAIRS = (("TDE paper − plain", ("tde", "paper"), ("plain", None)),
          ("TDE heldout − plain", ("tde", "heldout"), ("plain", None)),
          ("NorCal − softmax", ("softmax_norcal", "heldout"), ("softmax", None)),
          ("plain NorCal − plain", ("plain_norcal", "heldout"), ("plain", None)),
+         ("TDE paper − plain NorCal", ("tde", "paper"), ("plain_norcal", "heldout")),
          ("TDE paper − softmax NorCal", ("tde", "paper"), ("softmax_norcal", "heldout")))
 DEFAULT_JSON = REPO / "docs/results/tde_study.json"
 DEFAULT_WORKDIR = REPO / "output/tde_study"
