@@ -26,7 +26,7 @@ import train_net  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from tde_det.engine import Trainer  # noqa: E402
+from tde_det.engine import Trainer, cli  # noqa: E402
 from tde_det.modeling.cosine_classifier import MultiHeadCosineClassifier  # noqa: E402
 
 RECORD_DIR = sys.argv[1]
@@ -88,5 +88,5 @@ if __name__ == "__main__":
     train_net.check_launch(args)
     train_net.setup(args)  # generates the demo set once, before the processes start
     dist_url = args.dist_url if args.num_machines > 1 else "auto"
-    launch(train_net.main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=dist_url, args=(args,))
+    launch(cli.in_worker(train_net.main), args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=dist_url, args=(args,))

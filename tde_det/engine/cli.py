@@ -17,13 +17,15 @@ import functools
 import os
 import sys
 
+import torch.distributed as dist
 from torch.multiprocessing import ProcessExitedException
 
 from ..data.checks import check_datasets
 from ..errors import FilesMissing, UserError, message
 from .trainer import check_config
 
-__all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "preflight", "check_weights"]
+__all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "leave_process_group", "preflight",
+           "check_weights"]
 
 USER_ERROR_EXIT = 2  # as argparse's usage errors
 
@@ -57,11 +59,26 @@ def exit_on_user_error(debug=False):
 
 def _run(main, debug, *args):
     with exit_on_user_error(debug):
-        return main(*args)
+        result = main(*args)
+    leave_process_group()
+    return result
+
+
+def leave_process_group():
+    """End this process's part in the process group that ``launch`` started, all processes together.
+
+    Detectron2's ``launch`` never destroys its process group. With gloo, a process whose interpreter
+    exits while another one still holds their connection can abort ("terminate called without an
+    active exception", SIGABRT) after all its work is done, and ``launch`` then fails the whole run.
+    A barrier, then ``destroy_process_group``, lets every process exit cleanly. No-op without one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def in_worker(main, debug=False):
-    """`main` wrapped for ``launch``: its UserErrors become ``error:`` lines in every process (picklable)."""
+    """`main` wrapped for ``launch``: its UserErrors become ``error:`` lines in every process, and
+    the processes leave their process group together at the end (picklable)."""
     return functools.partial(_run, main, debug)
 
 
