@@ -113,38 +113,32 @@ def _key(setting) -> str:
     return PLAIN if setting is None or float(setting) == 0.0 else setting_name(float(setting))
 
 
+def _check_values(values, name: str, meaning: str) -> List[float]:
+    """`values` as floats; ConfigError for non-numbers, NaN/inf, values < 0 and duplicates."""
+    out = []
+    for a in values:
+        try:
+            v = float(a)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} values must be numbers, got {a!r}.") from None
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{name} values must be finite and >= 0 ({meaning}), got {a!r}.")
+        if v in out:
+            raise ConfigError(f"{name} {v:g} is listed twice in {list(values)}; give each value once.")
+        out.append(v)
+    return out
+
+
 def check_alphas(alphas: Sequence[float]) -> List[float]:
     """The α values as floats; errors for an empty list, non-numbers, NaN/inf, α < 0, duplicates."""
     if alphas is None or len(alphas) == 0:
         raise ConfigError("Give at least one alpha to sweep, e.g. --alphas 0 0.5 1 1.5 2 2.5 3.")
-    out = []
-    for a in alphas:
-        try:
-            v = float(a)
-        except (TypeError, ValueError):
-            raise ConfigError(f"alpha values must be numbers, got {a!r}.") from None
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"alpha values must be finite and >= 0 (TDE(y) = y - alpha*b), got {a!r}.")
-        if v in out:
-            raise ConfigError(f"alpha {v:g} is listed twice in {list(alphas)}; give each value once.")
-        out.append(v)
-    return out
+    return _check_values(alphas, "alpha", "TDE(y) = y - alpha*b")
 
 
 def check_gammas(gammas: Sequence[float]) -> List[float]:
-    """The NorCal γ values as floats (may be empty); errors for non-numbers, NaN/inf, γ < 0, duplicates."""
-    out = []
-    for g in gammas or ():
-        try:
-            v = float(g)
-        except (TypeError, ValueError):
-            raise ConfigError(f"NorCal gamma values must be numbers, got {g!r}.") from None
-        if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"NorCal gamma values must be finite and >= 0 (0 = softmax), got {g!r}.")
-        if v in out:
-            raise ConfigError(f"gamma {v:g} is listed twice in {list(gammas)}; give each value once.")
-        out.append(v)
-    return out
+    """The NorCal γ values as floats (may be empty); errors as :func:`check_alphas`."""
+    return _check_values(gammas or (), "gamma", "NorCal; 0 = softmax")
 
 
 def _sweep_predictors(model, alphas, gammas) -> List[FastRCNNOutputLayers]:
