@@ -98,7 +98,7 @@ def test_eval_only_alpha_override_and_plain(trained, data_root):
 
 
 def test_eval_only_with_lvis_api_gives_the_fast_evaluators_numbers(trained, data_root):
-    """TEST.LVIS_EVAL.BACKEND lvis-api runs lvis-api's LVISEval (patched for numpy 2): same table."""
+    """TEST.LVIS_EVAL.BACKEND lvis-api runs lvis-api's LVISEval (the removed numpy aliases given at run time, lvis_numpy_aliases): same table."""
     out, _ = trained
     fast = _results(out)
     api_dir = os.path.join(out, "lvis_api")
