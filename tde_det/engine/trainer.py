@@ -64,7 +64,8 @@ def inference_variants(cfg):
 
     A softmax model gives one row. A TDE model gives its ``MODEL.TDE.INFERENCE`` row, preceded by a
     ``plain`` row (same weights, De-confound only) when INFERENCE is ``tde`` and
-    ``TEST.TDE_EVAL_PLAIN`` is set.
+    ``TEST.TDE_EVAL_PLAIN`` is set. With ``MODEL.NORCAL.GAMMA`` > 0: one NorCal row (softmax, or
+    TDE heads' plain logits).
     """
     gamma = cfg.MODEL.NORCAL.GAMMA if "NORCAL" in cfg.MODEL else 0.0
     if gamma > 0:  # NorCal calibrates plain softmax logits (check_config refuses TDE scoring with it)
