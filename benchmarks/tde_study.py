@@ -135,6 +135,8 @@ def write_split_jsons(train_json, out_dir, prefix):
         return paths
     with open(train_json) as f:
         train = json.load(f)
+    from tde_det.data.class_counts import image_counts
+
     fit, held = heldout_split(train)
     os.makedirs(out_dir, exist_ok=True)
     for part, ids in (("fit", set(fit)), ("heldout", set(held))):
@@ -149,16 +151,12 @@ def write_split_jsons(train_json, out_dir, prefix):
     return paths
 
 
-def image_counts(categories, annotations):
-    """Per category of `categories` (in their order): the number of images with an annotation of it."""
-    images = {c["id"]: set() for c in categories}
-    for a in annotations:
-        images[a["category_id"]].add(a["image_id"])
-    return [len(images[c["id"]]) for c in categories]
-
-
 def fit_class_counts(fit_json):
-    """NorCal's N_c of the study: training images per class of the fit split, Detectron2's class order."""
+    """NorCal's N_c of the study: training images per class of the fit split, Detectron2's class order
+    (counted from its annotations: split files written before they carried the part's image_count hold
+    the full train split's)."""
+    from tde_det.data.class_counts import image_counts
+
     with open(fit_json) as f:
         data = json.load(f)
     cats = sorted(data["categories"], key=lambda c: c["id"])

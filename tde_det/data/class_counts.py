@@ -9,7 +9,15 @@ from typing import List, Sequence
 
 from ..errors import ConfigError, FilesMissing
 
-__all__ = ["class_counts_from_json", "dataset_class_counts", "norcal_class_counts"]
+__all__ = ["class_counts_from_json", "dataset_class_counts", "image_counts", "norcal_class_counts"]
+
+
+def image_counts(categories, annotations) -> List[int]:
+    """Per category of `categories` (in their order): the number of images with an annotation of it."""
+    images = {c["id"]: set() for c in categories}
+    for a in annotations:
+        images[a["category_id"]].add(a["image_id"])
+    return [len(images[c["id"]]) for c in categories]
 
 
 def class_counts_from_json(path: str) -> List[float]:
@@ -33,11 +41,7 @@ def class_counts_from_json(path: str) -> List[float]:
     cats = sorted(data["categories"], key=lambda c: c["id"])
     if cats and all("image_count" in c for c in cats):
         return [float(c["image_count"]) for c in cats]
-    index = {c["id"]: i for i, c in enumerate(cats)}
-    images = [set() for _ in cats]
-    for a in data.get("annotations", []):
-        images[index[a["category_id"]]].add(a["image_id"])
-    return [float(len(s)) for s in images]
+    return [float(n) for n in image_counts(cats, data.get("annotations", []))]
 
 
 def dataset_class_counts(dataset_names: Sequence[str]) -> List[float]:
