@@ -27,10 +27,10 @@ clean-env:
 # The prepared GPU check (issue 13; docs/BENCHMARKS.md, "CUDA"): the wheels it carries, and its local stand-in.
 .PHONY: device-wheels device-check-sim
 device-wheels: env  ## wheels the borrowed GPU machine lacks (CPython 3.12 manylinux x86-64) into build/device-wheels
-	bash benchmarks/device_wheels.sh
+	bash scripts/device_check/device_wheels.sh
 
-device-check-sim: device-wheels  ## benchmarks/device_check.sh --simulate: the GPU check's steps on CPU, in a stand-in venv
-	bash benchmarks/device_check.sh --simulate
+device-check-sim: device-wheels  ## scripts/device_check/device_check.sh --simulate: the GPU check's steps on CPU, in a stand-in venv
+	bash scripts/device_check/device_check.sh --simulate
 
 # Issue 20: tde_det installed into a Detectron2 environment built the way a user builds one (CI leg 3).
 .PHONY: user-env-check

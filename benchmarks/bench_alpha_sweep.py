@@ -32,7 +32,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from tde_det import get_tde_cfg
 from tde_det.engine import Trainer
-from tde_det.evaluation.alpha_sweep import AlphaSweep
+from tde_det.analysis.alpha_sweep import AlphaSweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""The one-pass α sweep (tde_det.evaluation.alpha_sweep), its heuristic, the pictures and the tools.
+"""The one-pass α sweep (tde_det.analysis.alpha_sweep), its heuristic, the pictures and the tools.
 
 Tiny random-weight Mask R-CNNs (Standard and Cascade TDE heads, a random mean feature) on a few
 small generated images; nothing is timed here (see benchmarks/bench_alpha_sweep.py).
@@ -19,7 +19,7 @@ from matplotlib.image import imread
 
 from tde_det import add_tde_config
 from tde_det.errors import ConfigError
-from tde_det.evaluation.alpha_sweep import (
+from tde_det.analysis.alpha_sweep import (
     AlphaSweep,
     best_per_metric,
     check_alphas,
@@ -27,7 +27,7 @@ from tde_det.evaluation.alpha_sweep import (
     inference_on_dataset_alphas,
     metric_rows,
 )
-from tde_det.evaluation.figures import lvis_category_stats, plot_alpha_curves, plot_prediction_distribution
+from tde_det.analysis.figures import lvis_category_stats, plot_alpha_curves, plot_prediction_distribution
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6
@@ -137,7 +137,7 @@ def test_sweep_equals_eval_only_run_for_every_alpha(tiny):
     # Pasting each α's masks separately (paste budget 0) gives the same, and outputs() can be re-read;
     # the mask head in chunks of 7 detections too.
     separate = AlphaSweep(model, ALPHAS, paste_budget=0)
-    with torch.no_grad(), mock.patch("tde_det.evaluation.alpha_sweep.MASK_HEAD_CHUNK", 7):
+    with torch.no_grad(), mock.patch("tde_det.analysis.alpha_sweep.MASK_HEAD_CHUNK", 7):
         sweeps = [separate(batch) for batch in batches]
     assert max(len(u) for s in sweeps for u in s.unions) > 7
     for name, a in [("plain", None), ("alpha=0.5", 0.5), ("alpha=3", 3.0)]:
@@ -379,7 +379,7 @@ def test_box_inference_for_many_score_sets_equals_detectron2():
     """One call for several score sets (spread, clustered, tied boxes / scores) == Detectron2 per set."""
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 
-    from tde_det.evaluation.box_inference import fast_rcnn_inference_many
+    from tde_det.analysis.box_inference import fast_rcnn_inference_many
 
     gen = torch.Generator().manual_seed(3)
     regions, classes, h, w = 400, 20, 300, 400
@@ -412,7 +412,7 @@ def test_grouped_greedy_nms_equals_torchvision():
     from torchvision.ops import batched_nms
     from torchvision.ops import boxes as box_ops
 
-    from tde_det.evaluation.box_inference import PER_CLASS_NMS_MIN_BOXES, greedy_nms_groups
+    from tde_det.analysis.box_inference import PER_CLASS_NMS_MIN_BOXES, greedy_nms_groups
 
     gen = torch.Generator().manual_seed(5)
     n = 3000
@@ -442,7 +442,7 @@ def test_grouped_greedy_nms_equals_torchvision():
 def test_batched_mask_paste_equals_detectron2():
     from detectron2.layers import paste_masks_in_image
 
-    from tde_det.evaluation.mask_paste import batched_mask_paste, paste_masks_batched
+    from tde_det.analysis.mask_paste import batched_mask_paste, paste_masks_batched
 
     gen = torch.Generator().manual_seed(4)
     for (h, w), n in [((97, 130), 150), ((40, 33), 7), ((400, 600), 40)]:
@@ -469,7 +469,7 @@ def test_sweep_pastes_its_masks_batched(tiny):
     upstream main from ``detectron2.layers.mask_ops``): counts the calls made by the real sweep."""
     import detectron2.layers.mask_ops as mask_ops
 
-    from tde_det.evaluation import mask_paste
+    from tde_det.analysis import mask_paste
 
     _, model, _ = tiny
     for budget in (None, 0):  # union pasted once / each α pasted separately

@@ -1,4 +1,4 @@
-"""Grad-CAM per detection (tde_det.evaluation.cam) and ``tools/visualize.py --cam``.
+"""Grad-CAM per detection (tde_det.analysis.cam) and ``tools/visualize.py --cam``.
 
 Hand-made tensors for the Grad-CAM formula; tiny random-weight Mask R-CNNs (TDE Standard / Cascade
 heads with a random mean feature, and Detectron2's softmax heads) for the per-detection maps; a
@@ -20,7 +20,7 @@ from helpers import load_script, register_tiny_demo, set_means
 from matplotlib.image import imread
 
 from tde_det import add_tde_config
-from tde_det.evaluation.cam import detection_cams, grad_cam, has_tde_head, normalize_cams, paste_cams
+from tde_det.analysis.cam import detection_cams, grad_cam, has_tde_head, normalize_cams, paste_cams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_YAML = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_tiny.yaml")

@@ -1,4 +1,4 @@
-"""benchmarks/device_report.py, the checks and the report of benchmarks/device_check.sh (the GPU check).
+"""scripts/device_check/device_report.py, the checks and the report of scripts/device_check/device_check.sh (the GPU check).
 
 The check itself runs on the borrowed GPU machine or with --simulate (minutes); these tests give its
 parts made-up step outputs: each check must fail on what it exists to catch.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+sys.path.insert(0, os.path.join(REPO, "scripts", "device_check"))
 
 import device_report  # noqa: E402
 
@@ -180,6 +180,6 @@ def test_final_report_is_one_json_and_the_summary_line(tmp_path, capsys):
 
 
 def test_device_check_refuses_an_unknown_argument():
-    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "device_check.sh"), "--simulat"],
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "device_check", "device_check.sh"), "--simulat"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "error: unknown argument '--simulat'" in proc.stderr

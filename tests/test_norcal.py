@@ -15,7 +15,7 @@ from test_alpha_sweep import NUM_CLASSES, Recorder, assert_same_detections, make
 from tde_det.data.class_counts import class_counts_from_json, dataset_class_counts, norcal_class_counts
 from tde_det.engine import Trainer, check_config, inference_variants
 from tde_det.errors import ConfigError, FilesMissing
-from tde_det.evaluation.alpha_sweep import AlphaSweep, check_gammas, inference_on_dataset_alphas, metric_rows
+from tde_det.analysis.alpha_sweep import AlphaSweep, check_gammas, inference_on_dataset_alphas, metric_rows
 from tde_det.modeling.calibration import apply_norcal, norcal_probs
 
 COUNTS = [400.0, 90.0, 30.0, 8.0, 2.0, 1.0]

@@ -1,4 +1,4 @@
-"""benchmarks/tde_study.py: the held-out split, the study JSON (schema, resume) and the mean ± std table."""
+"""studies/tde_study.py: the held-out split, the study JSON (schema, resume) and the mean ± std table."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "studies"))
 import tde_study  # noqa: E402
 
 METRICS = ("AP", "AP50", "APr", "APc", "APf", "APbox", "AP_fixed")

@@ -15,7 +15,7 @@
 
 Backbone, RPN and box head run once per image; for every α (and ``plain``) the box
 post-processing and the mask head run on that α's boxes, and one LVIS evaluator per α scores them
-(:mod:`tde_det.evaluation.alpha_sweep`). NorCal γ rows (``--gammas``) rescore the plain logits
+(:mod:`tde_det.analysis.alpha_sweep`). NorCal γ rows (``--gammas``) rescore the plain logits
 with the class training counts of ``MODEL.NORCAL.CLASS_COUNTS`` or ``DATASETS.TRAIN``. For each
 dataset in ``DATASETS.TEST`` it prints the table setting × (AP, AP50, APr, APc, APf, box AP), the
 best setting per metric and the authors' heuristic α (α · mean cos(x, d̂) = 1; TDE models), and
@@ -50,14 +50,14 @@ from tde_det.engine import Trainer, check_config, cli, is_tde_model  # noqa: E40
 from tde_det.engine.results import strict_json  # noqa: E402
 from tde_det.errors import ConfigError  # noqa: E402
 from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
-from tde_det.evaluation.alpha_sweep import (  # noqa: E402
+from tde_det.analysis.alpha_sweep import (  # noqa: E402
     check_alphas,
     check_gammas,
     format_sweep_table,
     inference_on_dataset_alphas,
     setting_name,
 )
-from tde_det.evaluation.figures import (  # noqa: E402
+from tde_det.analysis.figures import (  # noqa: E402
     lvis_category_stats,
     plot_alpha_curves,
     plot_prediction_distribution,

@@ -12,14 +12,14 @@
         --compare-config configs/demo/baseline_mask_rcnn_demo.yaml \
         MODEL.WEIGHTS output/demo_tde_mask_rcnn/model_final.pth
 
-Both panels come from ONE forward pass (:class:`tde_det.evaluation.alpha_sweep.AlphaSweep`): plain
+Both panels come from ONE forward pass (:class:`tde_det.analysis.alpha_sweep.AlphaSweep`): plain
 is the cosine softmax (De-confound, alpha 0), TDE the background-exempt TDE scores at ``--alpha``
 (default ``MODEL.TDE.ALPHA``). Detections with score >= ``--score-thresh`` are drawn; with
 background exemption the two are calibrated alike, so one threshold serves both. Images of a
 dataset also get a ground-truth panel. Runs on one process (``MODEL.DEVICE`` as configured).
 
 ``--cam``: instead, one row per TDE detection (those drawn, or the ``--cam-top N`` best): the image
-around the box with the detection's score, then the Grad-CAM (:mod:`tde_det.evaluation.cam`: the
+around the box with the detection's score, then the Grad-CAM (:mod:`tde_det.analysis.cam`: the
 ROI-pooled 7x7 box features, upsampled into the box) of the plain logit y_c and of the TDE logit
 y_c - alpha*b_c; with ``--compare-weights/--compare-config`` also the CAMs of a second model (e.g. the
 softmax baseline: plain logit only) on the same boxes. Panel titles: class, frequency group (r/c/f,
@@ -50,9 +50,9 @@ from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, de
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer, cli  # noqa: E402
 from tde_det.errors import ConfigError, FilesMissing  # noqa: E402
-from tde_det.evaluation.alpha_sweep import AlphaSweep  # noqa: E402
-from tde_det.evaluation.cam import detection_cams, has_tde_head, paste_cams  # noqa: E402
-from tde_det.evaluation.figures import lvis_category_stats  # noqa: E402
+from tde_det.analysis.alpha_sweep import AlphaSweep  # noqa: E402
+from tde_det.analysis.cam import detection_cams, has_tde_head, paste_cams  # noqa: E402
+from tde_det.analysis.figures import lvis_category_stats  # noqa: E402
 
 CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")  # MODEL.WEIGHTS, TEST.DETECTIONS_PER_IMAGE
 

@@ -18,12 +18,12 @@ classes are near neighbours of a frequent one, :data:`tde_det.data.demo_lt.FINE_
 
 The held-out images are a fixed part of the TRAINING split (:func:`heldout_split`, ~12 %), removed
 from training for every model; α and γ are never chosen on val. Both evaluations are one-pass
-sweeps (:func:`tde_det.evaluation.alpha_sweep.inference_on_dataset_alphas`, α and γ together).
+sweeps (:func:`tde_det.analysis.alpha_sweep.inference_on_dataset_alphas`, α and γ together).
 Metrics: LVIS mask AP, AP50, APr, APc, APf, box AP and Fixed AP (``TEST.LVIS_EVAL.FIXED_AP``), in percent.
 
-    nice -n 5 .venv/bin/python benchmarks/tde_study.py --schedule full --datasets fine   # run / resume
-    .venv/bin/python benchmarks/tde_study.py --table --update-doc docs/RESULTS.md   # mean ± std tables
-    .venv/bin/python benchmarks/tde_study_figures.py                   # diagnostics PNGs (docs/figures)
+    nice -n 5 .venv/bin/python studies/tde_study.py --schedule full --datasets fine   # run / resume
+    .venv/bin/python studies/tde_study.py --table --update-doc docs/RESULTS.md   # mean ± std tables
+    .venv/bin/python studies/tde_study_figures.py                   # diagnostics PNGs (docs/figures)
 
 Every run is appended to ``docs/results/tde_study.json`` (``{"runs": [{dataset, model, alpha,
 alpha_rule, gamma, seed, schedule, metrics}]}``) as soon as its unit (one training + its evaluations)
@@ -431,7 +431,7 @@ def update_doc(path, tables):
 
 # ----------------------------------------------------------------------------- one unit (subprocess)
 def _metrics(results):
-    from tde_det.evaluation.alpha_sweep import metric_rows
+    from tde_det.analysis.alpha_sweep import metric_rows
 
     row = metric_rows(OrderedDict(plain=results), [])[0]
     return {m: (None if row.get(m) is None else round(float(row[m]), 3)) for m in METRIC_KEYS}
@@ -525,7 +525,7 @@ def _sweep(cfg, model, dataset_name, alphas, record=None, gammas=(), counts=None
     once per batch)."""
     from tde_det.engine import Trainer
     from tde_det.evaluation import build_lvis_evaluator
-    from tde_det.evaluation.alpha_sweep import inference_on_dataset_alphas
+    from tde_det.analysis.alpha_sweep import inference_on_dataset_alphas
 
     loader = Trainer.build_test_loader(cfg, dataset_name)
     classifier = model.roi_heads.box_predictor.cls_score
@@ -552,7 +552,7 @@ def _best(candidates):
 
 def _ap_by(sweep, kind):
     """[(value, mask AP)] of a sweep result for 0 (plain) and every α (kind "alpha") or γ ("gamma") of the grid."""
-    from tde_det.evaluation.alpha_sweep import gamma_setting_name, setting_name
+    from tde_det.analysis.alpha_sweep import gamma_setting_name, setting_name
 
     values = HELDOUT_ALPHAS if kind == "alpha" else HELDOUT_GAMMAS
     name = setting_name if kind == "alpha" else gamma_setting_name
@@ -567,7 +567,7 @@ def _heldout_gamma(held, details):
 
 
 def _norcal_run(val, dataset, model, seed, gamma):
-    from tde_det.evaluation.alpha_sweep import gamma_setting_name
+    from tde_det.analysis.alpha_sweep import gamma_setting_name
 
     res = val.results["plain"] if gamma == 0 else val.results[gamma_setting_name(gamma)]
     return dict(dataset=dataset, model=model, alpha=None, alpha_rule="heldout", gamma=float(gamma), seed=seed,
@@ -590,7 +590,7 @@ def _evaluate_deconfound(cfg, model, dataset, seed, splits, details, counts):
     import numpy as np
     import torch
 
-    from tde_det.evaluation.alpha_sweep import setting_name
+    from tde_det.analysis.alpha_sweep import setting_name
 
     # 1) held-out training images: α and γ grids, mean cos -> heldout α, heuristic α, NorCal γ (no val involved)
     held = _sweep(cfg, model, splits["heldout"], list(HELDOUT_ALPHAS), gammas=list(HELDOUT_GAMMAS), counts=counts)

@@ -33,7 +33,7 @@ def _save(fig, path):
 
 
 def plot_alpha_curves(rows: List[dict], path: str, heuristic_alpha: Optional[float] = None, title: str = "") -> str:
-    """Figure (a). `rows`: :func:`tde_det.evaluation.alpha_sweep.metric_rows` (``alpha`` None = plain).
+    """Figure (a). `rows`: :func:`tde_det.analysis.alpha_sweep.metric_rows` (``alpha`` None = plain).
 
     Returns `path`. Raises ValueError if no row has an α and a value of any of AP/APr/APc/APf.
     """

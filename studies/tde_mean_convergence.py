@@ -1,6 +1,6 @@
 """Does the moving-average feature x̄ settle? A short CPU training run of a tiny TDE Mask R-CNN.
 
-    .venv/bin/python benchmarks/tde_mean_convergence.py [--kind standard|cascade] [--steps 40]
+    .venv/bin/python studies/tde_mean_convergence.py [--kind standard|cascade] [--steps 40]
 
 Model: Detectron2's LVIS v1 Mask R-CNN R-50-FPN YAML with the TDE heads, shrunk for CPU
 (R-18 with BN, FPN 32 channels, 64-d box head, K = 2, μ = MODEL.TDE.MOMENTUM = 0.9, 5 classes);
@@ -12,10 +12,13 @@ end the mean cos(x^k, d̂^k) over the test-time proposals of a held-out batch (�
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo on sys.path)
-import torch
-from detectron2 import model_zoo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for tde_det
+
+import torch  # noqa: E402
+from detectron2 import model_zoo  # noqa: E402
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wheels that the borrowed GPU machine lacks, for its CPython 3.12 on manylinux x86-64, into
-# build/device-wheels (ignored; `make device-wheels`). benchmarks/device_check.sh installs them there.
+# build/device-wheels (ignored; `make device-wheels`). scripts/device_check/device_check.sh installs them there.
 #
-#   bash benchmarks/device_wheels.sh [DEST]        # default DEST: build/device-wheels
+#   bash scripts/device_check/device_wheels.sh [DEST]        # default DEST: build/device-wheels
 #
 # What the machine has (its python3: torch 2.11, torchvision 0.26, numpy 2.5, opencv-python-headless,
 # matplotlib, Pillow, PyYAML, tabulate, tqdm, pytest, tensorboard, cloudpickle, portalocker, scipy,
@@ -17,7 +17,7 @@
 # (device_check.sh checks that again there). A second run with nothing changed only checks the stamp.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEST="${1:-$ROOT/build/device-wheels}"
 [[ "$DEST" == /* ]] || DEST="$PWD/$DEST"
 VENV_PY="$ROOT/${TDE_DET_VENV:-.venv}/bin/python"

@@ -1,6 +1,6 @@
-"""Diagnostics figures of the TDE study (benchmarks/tde_study.py), PNG into docs/figures.
+"""Diagnostics figures of the TDE study (studies/tde_study.py), PNG into docs/figures.
 
-    .venv/bin/python benchmarks/tde_study_figures.py [--seed 0] [--schedule short]
+    .venv/bin/python studies/tde_study_figures.py [--seed 0] [--schedule short]
 
 Per data set, from the De-confound model of one seed (and the softmax model of the same seed) of one
 schedule:
@@ -12,7 +12,7 @@ schedule:
 - ``tde_study_<ds>_cos.png``: histogram of cos(x, d̂) (mean over heads) over the val regions that
   the box predictor scores (all proposals, and those that plain calls foreground).
 - ``tde_study_<ds>_predictions.png``: the share of top-1 foreground predictions per class, plain vs
-  TDE at the paper's α, vs the ground truth (:func:`tde_det.evaluation.figures.plot_prediction_distribution`).
+  TDE at the paper's α, vs the ground truth (:func:`tde_det.analysis.figures.plot_prediction_distribution`).
 
 And ``tde_study_heldout_alpha.png`` (held-out mask AP against α, every seed, both data sets) and
 ``fine_classes.png`` (one training instance of every class of the fine-grained set, a family per row).
@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from tde_study import DATASETS, DEFAULT_JSON, DEFAULT_WORKDIR, PAPER_ALPHA, REPO, SCHEDULES, _details_path
 
-from tde_det.evaluation.figures import lvis_category_stats, plot_prediction_distribution
+from tde_det.analysis.figures import lvis_category_stats, plot_prediction_distribution
 
 GROUP_COLOURS = {"f": "tab:blue", "c": "tab:orange", "r": "tab:red"}
 

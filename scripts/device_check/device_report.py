@@ -1,10 +1,10 @@
-"""The checks and the report of benchmarks/device_check.sh (one subcommand per step; stdlib + torch).
+"""The checks and the report of scripts/device_check/device_check.sh (one subcommand per step; stdlib + torch).
 
-    python benchmarks/device_report.py deps SITE                     # carried wheels' needs all met?
-    python benchmarks/device_report.py env JSON                      # torch / CUDA / GPU facts
-    python benchmarks/device_report.py tests JSON JUNIT LOG --mode M # counts; CUDA tests ran on a GPU?
-    python benchmarks/device_report.py train JSON OUTPUT_DIR --iters N [--need-ap]
-    python benchmarks/device_report.py final WORK OUT_JSON --mode M  # one JSON + the summary line
+    python scripts/device_check/device_report.py deps SITE                     # carried wheels' needs all met?
+    python scripts/device_check/device_report.py env JSON                      # torch / CUDA / GPU facts
+    python scripts/device_check/device_report.py tests JSON JUNIT LOG --mode M # counts; CUDA tests ran on a GPU?
+    python scripts/device_check/device_report.py train JSON OUTPUT_DIR --iters N [--need-ap]
+    python scripts/device_check/device_report.py final WORK OUT_JSON --mode M  # one JSON + the summary line
 
 Each subcommand writes its findings as JSON and exits 1 when the step's check fails, with the reason
 on stderr (``error: ...``). ``final`` gathers every step (status, seconds, findings) from WORK into

@@ -2,8 +2,8 @@
 # One prepared check on the borrowed GPU machine (one H200, its own python3 with torch 2.11 / CUDA 13,
 # no network): the CUDA path, AMP and the GPU benchmarks, in at most 6 minutes.
 #
-#   bash benchmarks/device_check.sh              # on the GPU machine (see docs/BENCHMARKS.md, "CUDA")
-#   bash benchmarks/device_check.sh --simulate   # here: the same steps on CPU, in a local stand-in
+#   bash scripts/device_check/device_check.sh              # on the GPU machine (see docs/BENCHMARKS.md, "CUDA")
+#   bash scripts/device_check/device_check.sh --simulate   # here: the same steps on CPU, in a local stand-in
 #
 # Needs build/device-wheels (`make device-wheels`: what the machine lacks, detectron2 0.6 patched
 # included). Steps, each logged with its elapsed seconds and run under its own time limit (and the
@@ -26,7 +26,7 @@
 # "device check: GPU | tests N passed ... | ratios ...". Exit status 0 only if every step passed.
 #
 # --simulate runs the same steps here on CPU in build/device-sim: a Python 3.12 venv holding only the
-# machine's preinstalled packages (benchmarks/device_sim_requirements.txt; created on first use, a few
+# machine's preinstalled packages (scripts/device_check/device_sim_requirements.txt; created on first use, a few
 # GB of downloads for torch's CUDA build) plus exactly the carried wheels, nothing from .venv. CPU-only
 # tests skip as usual, training is shortened (tiny demo config, 6 iterations), the AMP run is skipped
 # (detectron2's AMPTrainer needs CUDA), benchmarks run once, smaller (the predictor on 100 regions per
@@ -36,7 +36,7 @@
 # DEVICE_CHECK_PYTEST_WORKERS (0: no xdist), DEVICE_SIM_PYTHON (Python 3.12 for the stand-in venv).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 MODE=device
@@ -97,9 +97,9 @@ resolve_py312() {
 }
 
 prepare_simulation() {
-    local req="$ROOT/benchmarks/device_sim_requirements.txt" stamp base
+    local req="$ROOT/scripts/device_check/device_sim_requirements.txt" stamp base
     say "simulation: the wheels that travel (make device-wheels)"
-    bash "$ROOT/benchmarks/device_wheels.sh" "$WHEELS"
+    bash "$ROOT/scripts/device_check/device_wheels.sh" "$WHEELS"
     stamp="$(sha256sum "$req" | cut -d' ' -f1)"
     if [[ ! -x "$PY" ]]; then
         base="$(resolve_py312)" || { echo "error: no Python 3.12 found for the stand-in venv; set DEVICE_SIM_PYTHON=/path/to/python3.12" >&2; return 1; }
@@ -129,7 +129,7 @@ step_install() {
     echo "installing ${#wheels[@]} wheels into $SITE"
     "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$SITE" "${wheels[@]}"
-    "$PY" benchmarks/device_report.py deps "$SITE" --json "$WORK/install.json"
+    "$PY" scripts/device_check/device_report.py deps "$SITE" --json "$WORK/install.json"
     "$PY" -c 'import detectron2.modeling, detectron2.model_zoo, detectron2.export, detectron2.evaluation
 import lvis.eval, pycocotools.mask, fvcore.common.checkpoint, hydra, omegaconf, cv2, tde_det, detectron2
 print("imports ok: detectron2 from", detectron2.__file__)'
@@ -138,7 +138,7 @@ print("imports ok: detectron2 from", detectron2.__file__)'
 step_env() {
     set -euo pipefail
     "$PY" -m tde_det.collect_env
-    "$PY" benchmarks/device_report.py env "$WORK/env.json" $([[ $MODE == device ]] && echo --need-cuda)
+    "$PY" scripts/device_check/device_report.py env "$WORK/env.json" $([[ $MODE == device ]] && echo --need-cuda)
 }
 
 step_tests() {
@@ -157,7 +157,7 @@ step_tests() {
         | tee "$WORK/pytest.log"
 }
 post_tests() {
-    "$PY" benchmarks/device_report.py tests "$WORK/tests.json" "$WORK/junit.xml" "$WORK/pytest.log" --mode "$MODE"
+    "$PY" scripts/device_check/device_report.py tests "$WORK/tests.json" "$WORK/junit.xml" "$WORK/pytest.log" --mode "$MODE"
 }
 
 train() {  # train NAME AMP(True/False)
@@ -170,7 +170,7 @@ train() {  # train NAME AMP(True/False)
 step_train_fp32() { train train_fp32 False; }
 step_train_amp() { train train_amp True; }
 post_train() {  # on the machine (300 iterations) both variants must detect something: their APs are numbers
-    "$PY" benchmarks/device_report.py train "$WORK/$1.json" "$WORK/$1" --iters "$TRAIN_ITERS" \
+    "$PY" scripts/device_check/device_report.py train "$WORK/$1.json" "$WORK/$1" --iters "$TRAIN_ITERS" \
         $([[ $MODE == device ]] && echo --need-ap)
 }
 post_train_fp32() { post_train train_fp32; }
@@ -251,7 +251,7 @@ finish() {
     local report_py="$PY"
     [[ -x "$(command -v "$PY" || true)" ]] || report_py=python3
     say "=== report: $OUT_DIR/device_check.json, $LOG (exit status of the steps: $rc)"
-    "$report_py" "$ROOT/benchmarks/device_report.py" final "$WORK" "$OUT_DIR/device_check.json" --mode "$MODE" || rc=1
+    "$report_py" "$ROOT/scripts/device_check/device_report.py" final "$WORK" "$OUT_DIR/device_check.json" --mode "$MODE" || rc=1
     exit "$rc"
 }
 
