@@ -16,7 +16,7 @@ _HOW_TO_GET_IT = (
     "This detectron2 is the PyPI source release without compiled ops. To use it, build detectron2 "
     "from source (https://github.com/facebookresearch/detectron2, `pip install -e .` on a machine "
     "with a C++/CUDA toolchain), or rerun the set-up step with TDE_DET_DETECTRON2_SRC=/path/to/detectron2 "
-    "(see README.md, 'Using an upstream detectron2 build')."
+    "(see docs/ENVIRONMENT.md, 'Using an upstream detectron2 build')."
 )
 
 
