@@ -57,16 +57,33 @@ def test_missing_compiled_op_raises_clear_error(call, op_name):
     assert "build detectron2 from source" in msg and "TDE_DET_DETECTRON2_SRC" in msg
 
 
+def _setup_py_requirements():
+    """setup.py's install_requires, read from the checkout's setup.py (the code that runs, installed or not:
+    the GPU check puts the working tree on PYTHONPATH without installing it)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text(encoding="utf-8"))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup"]
+    assert len(calls) == 1, "setup.py must call setup() once"
+    (requires,) = [k.value for k in calls[0].keywords if k.arg == "install_requires"]
+    return ast.literal_eval(requires)
+
+
 def test_installed_versions_meet_setup_py():
-    """What setup.py asks for is installed here (make env installs tde_det with --no-deps)."""
+    """What setup.py asks for is installed here (make env installs tde_det with --no-deps; the GPU check
+    runs the working tree without installing it)."""
     from packaging.requirements import Requirement
 
-    required = [Requirement(r) for r in importlib.metadata.requires("tde_det") or []]
-    core = [r for r in required if r.marker is None]  # extras carry an `extra == ...` marker
+    core = [Requirement(r) for r in _setup_py_requirements()]
     assert {r.name.lower() for r in core} >= {"torch", "numpy", "lvis", "pycocotools"}
     for r in core:
         version = importlib.metadata.version(r.name)
         assert r.specifier.contains(version, prereleases=True), f"{r.name} {version} does not meet setup.py's '{r}'"
+    try:  # where tde_det is installed, its metadata says the same (no stale egg-info)
+        installed = importlib.metadata.requires("tde_det") or []
+    except importlib.metadata.PackageNotFoundError:
+        return
+    assert sorted(str(r) for r in core) == sorted(str(Requirement(r)) for r in installed if "extra ==" not in r)
 
 
 def test_collect_env_reports_versions_and_build():
