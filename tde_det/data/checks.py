@@ -2,14 +2,19 @@
 
 - :func:`prepare_dataset`: the json and the image folders exist (the demo sets are generated here).
 - :func:`check_datasets`: the pre-flight that the tools run before building a model. For every
-  LVIS-format dataset (``evaluator_type "lvis"`` with a ``json_file``) it reads the json and checks
-  that every image file exists, that the categories are the registered vocabulary (count, ids 1..N,
-  names) and ``MODEL.ROI_HEADS.NUM_CLASSES``, that the annotations use those categories, and that
-  every image of a test set carries ``neg_category_ids`` and ``not_exhaustive_category_ids``
-  (LVIS's federated evaluation). All problems are collected into one :class:`DataCheckFailed`.
+  LVIS- or COCO-format dataset (``evaluator_type "lvis"`` or ``"coco"`` with a ``json_file``) it
+  reads the json and checks what a json written or converted by hand gets wrong
+  (:func:`json_problems`: empty splits, missing keys, duplicate or dangling ids, duplicate files,
+  boxes and polygons), that every image file exists, that the categories are the registered
+  vocabulary (LVIS: count, ids 1..N, names) and ``MODEL.ROI_HEADS.NUM_CLASSES``, that the
+  annotations use those categories, and that every image of an LVIS test set carries
+  ``neg_category_ids`` and ``not_exhaustive_category_ids`` (LVIS's federated evaluation); on
+  request it decodes every image (:mod:`tde_det.data.images`). All problems are collected into one
+  :class:`DataCheckFailed`.
 """
 
 import json
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..errors import DataCheckFailed, FilesMissing, NotRegistered, message
 from .builtin import DEMO_DATASETS
 from .demo_lt import ensure_generated
+from .images import decode_problems
 
 # COCO image folders that the images of Detectron2's builtin LVIS splits live in
 # (LVIS v1 train and val both draw from COCO 2017 train and val images).
@@ -173,20 +179,138 @@ def category_problems(data, meta, num_classes=None):
     return problems
 
 
-def image_problems(data, image_root, is_test, threads=STAT_THREADS):
-    """Problems of the json's image records: files that do not exist under `image_root`, records
-    without ``coco_url``, and (test sets with annotations) records without the federated labels."""
-    images = data["images"]
+def _number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _duplicates(values):
+    seen, dup = set(), []
+    for v in values:
+        if v in seen:
+            dup.append(v)
+        seen.add(v)
+    return list(dict.fromkeys(dup))
+
+
+def _bbox_problem(bbox, image):
+    """Why an annotation's ``bbox`` [x, y, width, height] (pixels) is wrong for `image`, or None."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+        return "not 4 finite numbers"
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return "width or height <= 0"
+    if image is not None and _number(image.get("width")) and _number(image.get("height")):
+        if x < -1 or y < -1 or x + w > image["width"] + 1 or y + h > image["height"] + 1:
+            return "outside the image"
+    return None
+
+
+def json_problems(data, fmt, is_train=False, is_test=False):
+    """Problems of an LVIS- (`fmt` "lvis") or COCO-format ("coco") json written or converted by hand:
+    empty splits, missing keys, duplicate or dangling ids, duplicate files, bad boxes and polygons.
+    What Detectron2's loaders assert on (polygons, duplicate annotation ids) or silently drop (boxes
+    of zero size, boxes outside the image, e.g. [x0, y0, x1, y1] written for [x, y, width, height]),
+    and what LVIS evaluation needs (federated labels that name categories). [] if none."""
+    images, categories = data["images"], data["categories"]
+    annotations = data.get("annotations")
     problems = []
-    no_url = [img.get("id") for img in images if "coco_url" not in img]
-    if no_url:
-        problems.append(f"{len(no_url)} of {len(images)} images have no 'coco_url', from which Detectron2's "
-                        f"LVIS loader takes the image's folder and file name (image ids {_examples(no_url)})")
-    paths = [image_file(image_root, img) for img in images if "coco_url" in img]
-    missing = files_not_found(paths, threads)
+    if not images:
+        return [f"the json has no images: nothing to {'train on' if is_train else 'evaluate'}"]
+    if not categories:
+        problems.append("the json has no categories")
+    if annotations is None and is_train:
+        return problems + ["the json has no 'annotations' list: nothing to train on"]
+    if not isinstance(annotations, (list, type(None))):
+        return problems + ["'annotations' is not a list"]
+    file_key = "coco_url" if fmt == "lvis" else "file_name"
+    bad_records = [img.get("id") if isinstance(img, dict) else img for img in images
+                   if not (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get(file_key), str)
+                           and all(_number(img.get(k)) and img[k] > 0 and img[k] == int(img[k])
+                                   for k in ("height", "width")))]
+    if bad_records:
+        problems.append(f"{len(bad_records)} of {len(images)} image records lack an integer 'id', '{file_key}' or "
+                        f"positive integer 'height' and 'width' (image ids {_examples(bad_records)})")
+    by_id = {img.get("id"): img for img in images if isinstance(img, dict)}
+    dup = _duplicates([img.get("id") for img in images if isinstance(img, dict)])
+    if dup:
+        problems.append(f"image ids occur more than once: {_examples(dup)}; every image record needs its own id")
+    dup = _duplicates([img.get(file_key) for img in images if isinstance(img, dict) and img.get(file_key)])
+    if dup:
+        problems.append(f"{len(dup)} image file(s) are listed more than once ({file_key} {_examples(dup)}); "
+                        "merge their records into one")
+    cat_ids = [c.get("id") for c in categories if isinstance(c, dict)]
+    dup = _duplicates(cat_ids)
+    if dup:
+        problems.append(f"category ids occur more than once: {_examples(dup)}")
+    cat_ids = set(cat_ids)
+    if annotations is not None:
+        problems += _annotation_problems(annotations, by_id, fmt)
+        if is_train and annotations == []:
+            problems.append("the json has no annotations: nothing to train on")
+    if fmt == "lvis" and is_test and annotations is not None:
+        unknown = sorted({c for img in images if isinstance(img, dict)
+                          for key in ("neg_category_ids", "not_exhaustive_category_ids")
+                          for c in img.get(key) or () if c not in cat_ids}, key=str)
+        if unknown:
+            problems.append(f"neg_category_ids / not_exhaustive_category_ids name category ids that are not among "
+                            f"the json's categories: {_examples(unknown)}")
+    return problems
+
+
+def _annotation_problems(annotations, images_by_id, fmt):
+    required = ("id", "image_id", "category_id", "bbox") + (("segmentation",) if fmt == "lvis" else ())
+    problems = []
+    lacking = [a.get("id") if isinstance(a, dict) else a for a in annotations
+               if not (isinstance(a, dict) and all(k in a for k in required))]
+    if lacking:
+        problems.append(f"{len(lacking)} of {len(annotations)} annotations lack one of {', '.join(required)} "
+                        f"(annotation ids {_examples(lacking)})")
+    annotations = [a for a in annotations if isinstance(a, dict) and all(k in a for k in required)]
+    dup = _duplicates([a["id"] for a in annotations])
+    if dup:
+        problems.append(f"annotation ids occur more than once: {_examples(dup)}; Detectron2's loader requires unique ids")
+    dangling = [a["id"] for a in annotations if a["image_id"] not in images_by_id]
+    if dangling:
+        problems.append(f"{len(dangling)} annotation(s) refer to image ids that are not in 'images' "
+                        f"(annotation ids {_examples(dangling)})")
+    boxes = {}
+    for a in annotations:
+        why = _bbox_problem(a["bbox"], images_by_id.get(a["image_id"]))
+        if why:
+            boxes.setdefault(why, []).append(a["id"])
+    for why, ids in boxes.items():
+        hint = {"outside the image": ": bbox is [x, y, width, height] in pixels; [x0, y0, x1, y1] is a common "
+                                     "conversion mistake",
+                "width or height <= 0": " (Detectron2 drops such boxes silently)"}.get(why, "")
+        problems.append(f"{len(ids)} annotation bbox(es) {why}{hint} (annotation ids {_examples(ids)})")
+    polygons = []
+    for a in annotations:
+        segm = a.get("segmentation")
+        if isinstance(segm, list) and (fmt == "lvis" and not segm or any(
+                not isinstance(p, list) or len(p) < 6 or len(p) % 2 or not all(_number(v) for v in p) for p in segm)):
+            polygons.append(a["id"])
+    if polygons:
+        problems.append(f"{len(polygons)} annotation(s) have a polygon that is not a flat list [x0, y0, x1, y1, ...] "
+                        f"of at least 3 points, or no polygon (annotation ids {_examples(polygons)})")
+    return problems
+
+
+def image_problems(data, image_root, is_test, threads=STAT_THREADS, fmt="lvis"):
+    """Problems of the json's image records: files that do not exist under `image_root`, records
+    without ``coco_url`` (LVIS), and (LVIS test sets with annotations) records without the federated
+    labels."""
+    images = [img for img in data["images"] if isinstance(img, dict)]
+    problems = []
+    if fmt == "lvis":
+        no_url = [img.get("id") for img in images if "coco_url" not in img]
+        if no_url:
+            problems.append(f"{len(no_url)} of {len(images)} images have no 'coco_url', from which Detectron2's "
+                            f"LVIS loader takes the image's folder and file name (image ids {_examples(no_url)})")
+    paths = image_files(data, image_root, fmt)
+    missing = files_not_found([p for p, _, _ in paths], threads)
     if missing:
         problems.append(f"{len(missing)} of {len(paths)} image files do not exist: {_examples(missing)}")
-    if is_test and "annotations" in data:  # an image-info json (test-dev) has no labels to check
+    if fmt == "lvis" and is_test and "annotations" in data:  # an image-info json (test-dev) has no labels to check
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             lacking = [img.get("id") for img in images if key not in img]
             if lacking:
@@ -195,7 +319,32 @@ def image_problems(data, image_root, is_test, threads=STAT_THREADS):
     return problems
 
 
-def _check_dataset(name, is_test, num_classes, threads):
+def image_files(data, image_root, fmt="lvis"):
+    """[(path, height, width)] of the json's image records, as Detectron2's loader names the files."""
+    out = []
+    for img in data["images"]:
+        if not isinstance(img, dict):
+            continue
+        if fmt == "lvis" and isinstance(img.get("coco_url"), str):
+            out.append((image_file(image_root, img), img.get("height"), img.get("width")))
+        elif fmt == "coco" and isinstance(img.get("file_name"), str):
+            out.append((os.path.join(image_root, img["file_name"]), img.get("height"), img.get("width")))
+    return out
+
+
+def _load_json(name, json_file):
+    """(data, problems): the parsed json, or the problem that it is not an LVIS/COCO-format json."""
+    try:
+        with open(json_file, "rb") as f:  # json detects the encoding (UTF-8)
+            data = json.load(f)
+    except ValueError as e:
+        return None, [f"{name}: {json_file} is not valid JSON ({e})"]
+    if not (isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "categories"))):
+        return None, [f"{name}: {json_file} lacks the 'images' and 'categories' lists of an LVIS/COCO-format json"]
+    return data, []
+
+
+def _check_dataset(name, is_test, num_classes, threads, decode=False):
     """(problems, summary line or None) of one dataset."""
     try:
         prepare_dataset(name)
@@ -203,34 +352,59 @@ def _check_dataset(name, is_test, num_classes, threads):
         return [message(e)], None
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file")
-    if meta.get("evaluator_type") != "lvis" or not json_file or "://" in json_file:
-        return [], f"{name}: not an LVIS-format json dataset; not checked"
+    fmt = meta.get("evaluator_type")
+    if fmt not in ("lvis", "coco") or not json_file or "://" in json_file or meta.get("image_root") is None:
+        return [], f"{name}: not an LVIS- or COCO-format json dataset; not checked"
     start = time.perf_counter()
-    try:
-        with open(json_file, "rb") as f:  # json detects the encoding (UTF-8)
-            data = json.load(f)
-    except ValueError as e:
-        return [f"{name}: {json_file} is not valid JSON ({e})"], None
-    if not (isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "categories"))):
-        return [f"{name}: {json_file} lacks the 'images' and 'categories' lists of an LVIS-format json"], None
-    problems = category_problems(data, meta, num_classes) + image_problems(data, meta.image_root, is_test, threads)
+    data, problems = _load_json(name, json_file)
+    if problems:
+        return problems, None
+    is_train = not is_test
+    problems = json_problems(data, fmt, is_train, is_test)
+    if not problems:  # the vocabulary and files of a json that is well formed
+        problems = (category_problems(data, meta, num_classes) if fmt == "lvis" else
+                    coco_category_problems(data, num_classes))
+        problems += image_problems(data, meta.image_root, is_test, threads, fmt)
+    decoded = ""
+    if decode and not problems:
+        records = image_files(data, meta.image_root, fmt)
+        t = time.perf_counter()
+        bad = decode_problems(records)
+        problems += [f"image {path!r} cannot be read: {why}" for path, why in bad]
+        decoded = f", {len(records)} images decoded in {time.perf_counter() - t:.1f} s"
     if problems:
         return [f"{name} ({json_file}): {p}" for p in problems], None
     return [], (f"{name}: {len(data['images'])} image files found, {len(data['categories'])} categories"
-                f"{', federated labels on every image' if is_test and 'annotations' in data else ''} "
-                f"({time.perf_counter() - start:.1f} s)")
+                f"{', federated labels on every image' if fmt == 'lvis' and is_test and 'annotations' in data else ''}"
+                f"{decoded} ({time.perf_counter() - start:.1f} s)")
 
 
-def check_datasets(names, test_names=(), num_classes=None, threads=STAT_THREADS):
+def coco_category_problems(data, num_classes=None):
+    """A COCO-format json: Detectron2 maps its category ids (any integers) to 0..N-1 in sorted order;
+    N must be ``MODEL.ROI_HEADS.NUM_CLASSES``, and the annotations must use those ids."""
+    ids = {c.get("id") for c in data["categories"]}
+    problems = []
+    if num_classes is not None and num_classes != len(ids):
+        problems.append(f"the json has {len(ids)} categories, but MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}: "
+                        f"set MODEL.ROI_HEADS.NUM_CLASSES {len(ids)}")
+    used = sorted({a.get("category_id") for a in data.get("annotations") or () if isinstance(a, dict)} - ids, key=str)
+    if used:
+        problems.append(f"annotations use category ids that are not among the json's categories: {_examples(used)}")
+    return problems
+
+
+def check_datasets(names, test_names=(), num_classes=None, threads=STAT_THREADS, decode=False):
     """The pre-flight data check of `names` (registered dataset names); those also in `test_names`
-    are checked as test sets. `num_classes`: ``MODEL.ROI_HEADS.NUM_CLASSES`` (None: not compared).
+    are checked as test sets, the others as training sets. `num_classes`:
+    ``MODEL.ROI_HEADS.NUM_CLASSES`` (None: not compared). `decode`: also decode every image
+    (:func:`tde_det.data.images.decode_problems`).
 
     Returns one summary line per dataset. Raises :class:`DataCheckFailed` listing every problem
     found (the first few items of each kind and their count; also as its ``problems`` list).
     """
     problems, lines = [], []
     for name in dict.fromkeys(names):
-        found, line = _check_dataset(name, name in test_names, num_classes, threads)
+        found, line = _check_dataset(name, name in test_names, num_classes, threads, decode)
         problems += found
         lines += [line] if line else []
     if problems:
