@@ -6,6 +6,8 @@ replaces, while its ``_eval_predictions`` runs, the module function
 ``detectron2.evaluation.lvis_evaluation._evaluate_predictions_on_lvis`` -- the part that builds
 ``LVISResults`` and runs ``LVISEval`` -- by :meth:`FastLVISEvaluator._evaluate_task` (and its
 ``process`` hands Detectron2 the predicted masks as numpy arrays, which numpy 2 does not warn about).
+For a dataset converted by ``tools/coco_to_lvis.py`` it also writes ``coco_instances_results.json``:
+the predictions with the original COCO category ids.
 
 Results per task ("bbox", "segm"), in percent like Detectron2's: AP, AP50, AP75, APs, APm, APl,
 APr, APc, APf, AR@300, with ``fixed_ap`` also AP_fixed, AP50_fixed, ..., APf_fixed (Fixed AP, Dave
@@ -15,6 +17,7 @@ Detectron2.
 """
 
 import contextlib
+import json
 import math
 import os
 from collections import OrderedDict
@@ -30,6 +33,7 @@ from .fast_lvis import AP_KEYS, FIXED_SUFFIX, prepare_gt, run_lvis_api_eval, run
 __all__ = ["FastLVISEvaluator", "build_lvis_evaluator", "BACKENDS"]
 
 BACKENDS = ("fast", "lvis-api")
+COCO_ID_RESULTS = "coco_instances_results.json"  # predictions with the json's original coco_id
 _PATCHED_NAME = "_evaluate_predictions_on_lvis"
 
 
@@ -63,9 +67,24 @@ class FastLVISEvaluator(LVISEvaluator):
         # masks converted to numpy once per image avoid that. The caller's outputs stay as they are.
         super().process(inputs, [_with_numpy_masks(output) for output in outputs])
 
-    def _eval_predictions(self, *args, **kwargs):
+    def _eval_predictions(self, predictions, *args, **kwargs):
+        self._save_coco_id_results(predictions)
         with _replace_module_function(_d2_lvis, _PATCHED_NAME, self._evaluate_task):
-            return super()._eval_predictions(*args, **kwargs)
+            return super()._eval_predictions(predictions, *args, **kwargs)
+
+    def _save_coco_id_results(self, predictions):
+        """For a dataset converted by tools/coco_to_lvis.py (metadata ``coco_ids``): the predictions
+        with the original COCO category ids, in ``coco_instances_results.json`` next to Detectron2's
+        ``lvis_instances_results.json`` (ids 1..N) -- what pycocotools scores against the COCO json."""
+        coco_ids = self._metadata.get("coco_ids", None)
+        if not (coco_ids and self._output_dir):
+            return
+        # the instances' category_id is still Detectron2's contiguous index (super() maps it later)
+        results = [dict(r, category_id=coco_ids[r["category_id"]]) for p in predictions for r in p["instances"]]
+        path = os.path.join(self._output_dir, COCO_ID_RESULTS)
+        self._logger.info(f"Saving results with the original COCO category ids to {path}")
+        with open(path, "w") as f:
+            json.dump(results, f)
 
     def _evaluate_task(self, lvis_gt, lvis_results, iou_type, max_dets_per_image=None, class_names=None, **_):
         """Replacement of Detectron2's ``_evaluate_predictions_on_lvis``: {metric: value in percent}."""
