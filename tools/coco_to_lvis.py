@@ -11,10 +11,15 @@ labelled data, and how to train and evaluate on the converted files.
 Bad input: one ``error:`` line naming the file and the entry, exit status 2, nothing written.
 """
 
-import argparse
+import warnings
+
+# fvcore's @torch.jit.script at import (torch >= 2.10): nothing a user can do about it
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+
+import argparse  # noqa: E402
 import os
-import sys
-from collections import Counter
+import sys  # noqa: E402
+from collections import Counter  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tde_det.data.coco_to_lvis import COMMON_MAX, RARE_MAX, convert_files  # noqa: E402

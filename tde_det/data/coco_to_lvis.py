@@ -45,8 +45,9 @@ def lvis_frequency_of(image_count: int, rare_max: int = RARE_MAX, common_max: in
 def check_thresholds(rare_max, common_max):
     if not (isinstance(rare_max, int) and isinstance(common_max, int) and 0 <= rare_max < common_max):
         raise ConversionError(
-            f"frequency thresholds rare <= {rare_max} < common <= {common_max} images make no sense: need "
-            "0 <= --rare-max-images < --common-max-images (LVIS: 10 and 100)."
+            f"frequency thresholds --rare-max-images {rare_max} and --common-max-images {common_max} make no "
+            "sense: need 0 <= rare < common (a class in at most `rare` training images is rare, up to `common` "
+            "common, above frequent; LVIS: 10 and 100)."
         )
 
 
@@ -86,7 +87,8 @@ def _unique_ids(path, kind, items):
         if not _is_int(ident):
             raise ConversionError(f"{path}: {kind}[{i}] has id {ident!r}, not an integer.")
         if ident in seen:
-            raise ConversionError(f"{path}: duplicate {kind[:-1]} id {ident} ({kind}[{seen[ident]}] and {kind}[{i}]).")
+            singular = {"images": "image", "annotations": "annotation", "categories": "category"}[kind]
+            raise ConversionError(f"{path}: duplicate {singular} id {ident} ({kind}[{seen[ident]}] and {kind}[{i}]).")
         seen[ident] = i
 
 
