@@ -12,6 +12,8 @@ What it adds to ``DefaultTrainer``:
   ``TEST.TDE_EVAL_PLAIN``, the same weights with ``MODEL.TDE.INFERENCE plain`` and then ``tde`` --
   prints one LVIS-style table (AP, AP50, AP75, APr, APc, APf and box AP) and records it in
   ``OUTPUT_DIR/lvis_results.json``;
+- an image that cannot be read is skipped in training (one warning naming it, the count at the
+  end) and an error naming it in evaluation (:mod:`tde_det.data.images`);
 - checkpoints are written atomically (:mod:`tde_det.engine.checkpoint`);
 - several CPU processes (upstream detectron2's ``launch`` uses gloo without CUDA): the model is
   wrapped in ``DistributedDataParallel`` without ``device_ids``, which DDP requires for CPU modules
@@ -20,35 +22,44 @@ What it adds to ``DefaultTrainer``:
   have no ``_trainer`` entry (v0.6 saves no optimizer state): see :meth:`Trainer.load_state_dict`;
 - several processes: before each checkpoint and evaluation every process gets the same buffers
   (BatchNorm statistics averaged, the rest rank 0's; :mod:`tde_det.engine.buffers`), so the
-  evaluation during training scores the weights that are saved.
+  evaluation during training scores the weights that are saved;
+- preemption-safe, exactly resumable training (:mod:`tde_det.engine.preemption`): the training data
+  come from a :class:`~tde_det.data.resumable_loader.ResumableTrainLoader` (Detectron2's dataset,
+  mapper, sampler and grouping) whose position is saved in every checkpoint; SIGTERM / SIGUSR1 stop
+  all processes after the same iteration with a checkpoint of it (exit status 3); the optimizer
+  state is saved under detectron2 v0.6 too.
 """
 
 import contextlib
 import logging
+import math
 import os
 from collections import OrderedDict
 
 import detectron2.engine.defaults
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
-from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data import prepare_dataset
 from ..data.class_counts import norcal_class_counts
+from ..data.images import SkippedImagesReport, SkipUnreadableImages
 from ..errors import ConfigError
 from ..evaluation.lvis_evaluator import build_lvis_evaluator
 from ..modeling.calibration import apply_norcal
 from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
+from ..data.resumable_loader import build_resumable_train_loader
+from . import preemption
 from .buffers import SyncBuffers
-from .checkpoint import make_atomic
+from .checkpoint import make_atomic, remove_partial_files
 from .results import format_table, update_results_json
 
-__all__ = ["Trainer", "cap_num_workers", "check_config", "inference_variants", "is_tde_model"]
+__all__ = ["Trainer", "cap_num_workers", "check_config", "check_device", "check_values", "inference_variants", "is_tde_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +98,14 @@ def inference_variants(cfg):
     return [("plain", "De-confound (plain)", plain), tde_row]
 
 
-def check_config(cfg, dataset_names=None):
+def check_config(cfg, dataset_names=None, world_size=1):
     """Errors for settings that would otherwise fail late or silently.
 
     - ``MODEL.ROI_HEADS.NUM_CLASSES`` must equal ``len(thing_classes)`` of every dataset in
       `dataset_names` (default: ``DATASETS.TRAIN + DATASETS.TEST``) that declares its classes;
-    - ``MODEL.DEVICE`` "cuda" needs CUDA.
+    - ``MODEL.DEVICE`` must be a device this machine has (:func:`check_device`);
+    - the values of :func:`check_values` (backends, registered names, γ, α, sizes, batch size
+      divisible by `world_size` processes).
     """
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST) if dataset_names is None else dataset_names
     for name in names:
@@ -103,17 +116,99 @@ def check_config(cfg, dataset_names=None):
                 f"{len(classes)} classes. Set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (in the config or "
                 "as a trailing KEY VALUE override)."
             )
+    check_device(cfg.MODEL.DEVICE)
+    check_values(cfg, world_size)
     if cfg.MODEL.NORCAL.GAMMA > 0 and is_tde_model(cfg) and cfg.MODEL.TDE.INFERENCE != "plain":
         raise ConfigError(
             f"MODEL.NORCAL.GAMMA {cfg.MODEL.NORCAL.GAMMA:g} calibrates the plain logits, but MODEL.TDE.INFERENCE is "
             f"{cfg.MODEL.TDE.INFERENCE!r}: add MODEL.TDE.INFERENCE plain, or compare NorCal with TDE in one pass "
             "with tools/sweep_alpha.py --gammas."
         )
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+
+
+def check_device(device):
+    """``MODEL.DEVICE`` must name a device this machine has: cpu, cuda, cuda:N."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"MODEL.DEVICE {device!r} is not a device: use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available on this machine. "
+            f"MODEL.DEVICE is {device!r} but CUDA is not available on this machine. "
             "Add the override MODEL.DEVICE cpu to run on the CPU."
         )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"MODEL.DEVICE is {device!r} but this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"MODEL.DEVICE {device!r}: tde_det runs on cpu or cuda.")
+
+
+SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler")
+
+
+def _value_rules(cfg, world_size):
+    """(holds, key, value, what it must be) for the values the tools depend on."""
+    from ..evaluation.lvis_evaluator import BACKENDS
+
+    def finite(x):
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    tde, norcal, heads, solver, inp = cfg.MODEL.TDE, cfg.MODEL.NORCAL, cfg.MODEL.ROI_HEADS, cfg.SOLVER, cfg.INPUT
+    return [
+        (cfg.MODEL.META_ARCHITECTURE in META_ARCH_REGISTRY, "MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE,
+         "a registered meta-architecture, e.g. GeneralizedRCNN"),
+        (cfg.MODEL.BACKBONE.NAME in BACKBONE_REGISTRY, "MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME,
+         "a registered backbone, e.g. build_resnet_fpn_backbone"),
+        (heads.NAME in ROI_HEADS_REGISTRY, "MODEL.ROI_HEADS.NAME", heads.NAME,
+         "a registered ROI head: TDEStandardROIHeads, TDECascadeROIHeads, StandardROIHeads, CascadeROIHeads"),
+        (heads.NUM_CLASSES >= 1, "MODEL.ROI_HEADS.NUM_CLASSES", heads.NUM_CLASSES, ">= 1"),
+        (0 <= heads.SCORE_THRESH_TEST <= 1, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", heads.SCORE_THRESH_TEST, "in [0, 1]"),
+        (0 <= heads.NMS_THRESH_TEST <= 1, "MODEL.ROI_HEADS.NMS_THRESH_TEST", heads.NMS_THRESH_TEST, "in [0, 1]"),
+        (heads.BATCH_SIZE_PER_IMAGE >= 1, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", heads.BATCH_SIZE_PER_IMAGE, ">= 1"),
+        (0 < heads.POSITIVE_FRACTION <= 1, "MODEL.ROI_HEADS.POSITIVE_FRACTION", heads.POSITIVE_FRACTION, "in (0, 1]"),
+        (finite(tde.ALPHA) and tde.ALPHA >= 0, "MODEL.TDE.ALPHA", tde.ALPHA,
+         ">= 0 (0: De-confound only; the paper's LVIS value is 1.5)"),
+        (tde.INFERENCE in ("tde", "plain"), "MODEL.TDE.INFERENCE", tde.INFERENCE, "'tde' or 'plain'"),
+        (0 <= tde.MOMENTUM < 1, "MODEL.TDE.MOMENTUM", tde.MOMENTUM, "in [0, 1) (0.9 in the paper)"),
+        (tde.NUM_HEADS >= 1, "MODEL.TDE.NUM_HEADS", tde.NUM_HEADS, ">= 1 (2 in the paper)"),
+        (finite(tde.SCALE) and tde.SCALE > 0, "MODEL.TDE.SCALE", tde.SCALE, "> 0 (16 in the paper)"),
+        (finite(tde.GAMMA) and tde.GAMMA >= 0, "MODEL.TDE.GAMMA", tde.GAMMA, ">= 0 (1/32 in the paper)"),
+        (finite(norcal.GAMMA) and norcal.GAMMA >= 0, "MODEL.NORCAL.GAMMA", norcal.GAMMA, ">= 0 (0: NorCal off)"),
+        (not norcal.CLASS_COUNTS or "://" in norcal.CLASS_COUNTS or os.path.isfile(norcal.CLASS_COUNTS),
+         "MODEL.NORCAL.CLASS_COUNTS", norcal.CLASS_COUNTS, "an existing json file, or '' (DATASETS.TRAIN's counts)"),
+        (cfg.TEST.LVIS_EVAL.BACKEND in BACKENDS, "TEST.LVIS_EVAL.BACKEND", cfg.TEST.LVIS_EVAL.BACKEND,
+         " or ".join(repr(b) for b in BACKENDS)),
+        (cfg.TEST.DETECTIONS_PER_IMAGE >= 1, "TEST.DETECTIONS_PER_IMAGE", cfg.TEST.DETECTIONS_PER_IMAGE, ">= 1 (LVIS: 300)"),
+        (cfg.TEST.EVAL_PERIOD >= 0, "TEST.EVAL_PERIOD", cfg.TEST.EVAL_PERIOD, ">= 0 (0: evaluate after training only)"),
+        (solver.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", solver.IMS_PER_BATCH, ">= 1"),
+        (solver.IMS_PER_BATCH % max(world_size, 1) == 0, "SOLVER.IMS_PER_BATCH", solver.IMS_PER_BATCH,
+         f"divisible by the {world_size} processes (the batch is split evenly)"),
+        (finite(solver.BASE_LR) and solver.BASE_LR > 0, "SOLVER.BASE_LR", solver.BASE_LR, "> 0"),
+        (solver.MAX_ITER >= 0, "SOLVER.MAX_ITER", solver.MAX_ITER, ">= 0"),
+        (solver.CHECKPOINT_PERIOD >= 1, "SOLVER.CHECKPOINT_PERIOD", solver.CHECKPOINT_PERIOD, ">= 1"),
+        (len(inp.MIN_SIZE_TRAIN) >= 1 and all(s > 0 for s in inp.MIN_SIZE_TRAIN), "INPUT.MIN_SIZE_TRAIN",
+         inp.MIN_SIZE_TRAIN, "sizes > 0, e.g. (640, 672, 704, 736, 768, 800)"),
+        (inp.MIN_SIZE_TRAIN_SAMPLING in ("choice", "range") and
+         (inp.MIN_SIZE_TRAIN_SAMPLING == "choice" or len(inp.MIN_SIZE_TRAIN) == 2), "INPUT.MIN_SIZE_TRAIN_SAMPLING",
+         inp.MIN_SIZE_TRAIN_SAMPLING, "'choice', or 'range' with two INPUT.MIN_SIZE_TRAIN values"),
+        (inp.MAX_SIZE_TRAIN > 0, "INPUT.MAX_SIZE_TRAIN", inp.MAX_SIZE_TRAIN, "> 0"),
+        (inp.MIN_SIZE_TEST >= 0, "INPUT.MIN_SIZE_TEST", inp.MIN_SIZE_TEST, ">= 0 (0: no resizing)"),
+        (inp.MAX_SIZE_TEST > 0, "INPUT.MAX_SIZE_TEST", inp.MAX_SIZE_TEST, "> 0"),
+        (cfg.DATALOADER.NUM_WORKERS >= 0, "DATALOADER.NUM_WORKERS", cfg.DATALOADER.NUM_WORKERS, ">= 0"),
+        (cfg.DATALOADER.SAMPLER_TRAIN in SAMPLERS, "DATALOADER.SAMPLER_TRAIN", cfg.DATALOADER.SAMPLER_TRAIN,
+         " or ".join(SAMPLERS)),
+        (cfg.DATALOADER.REPEAT_THRESHOLD >= 0, "DATALOADER.REPEAT_THRESHOLD", cfg.DATALOADER.REPEAT_THRESHOLD,
+         ">= 0 (LVIS: 0.001)"),
+    ]
+
+
+def check_values(cfg, world_size=1):
+    """A ConfigError for the first value of :func:`_value_rules` that cannot work: its key, the value
+    and what it must be."""
+    for holds, key, value, must in _value_rules(cfg, world_size):
+        if not holds:
+            raise ConfigError(f"{key} is {value!r}, but it must be {must}. Fix it in the config or with a "
+                              f"trailing override: {key} VALUE.")
 
 
 @contextlib.contextmanager
@@ -163,11 +258,23 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         make_atomic(self.checkpointer)
 
+    def state_dict(self):
+        """Detectron2's, with the optimizer state (``_trainer``) under detectron2 v0.6 too."""
+        ret = super().state_dict()
+        if "_trainer" not in ret:  # v0.6's DefaultTrainer saves the iteration and hook states only
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
     def load_state_dict(self, state_dict):
-        """Detectron2's; a checkpoint without the ``_trainer`` entry (written by detectron2 v0.6, which
-        saves iteration and hook states but not the optimizer's) resumes here too, with the iteration
-        and LR schedule from the checkpoint and a fresh optimizer state -- as v0.6 itself resumes."""
-        if "_trainer" in state_dict or DefaultTrainer.load_state_dict is TrainerBase.load_state_dict:
+        """Detectron2's; a checkpoint without the ``_trainer`` entry (written by detectron2 v0.6's own
+        trainer, which saves iteration and hook states but not the optimizer's) resumes here too, with
+        the iteration and LR schedule from the checkpoint and a fresh optimizer state -- as v0.6 itself
+        resumes."""
+        v06 = DefaultTrainer.load_state_dict is TrainerBase.load_state_dict
+        if "_trainer" in state_dict and v06:
+            TrainerBase.load_state_dict(self, state_dict)
+            return self._trainer.load_state_dict(state_dict["_trainer"])
+        if "_trainer" in state_dict or v06:
             return super().load_state_dict(state_dict)
         logger.warning(
             "The checkpoint has no optimizer state (no '_trainer' entry: written by detectron2 v0.6, which does "
@@ -189,21 +296,40 @@ class Trainer(DefaultTrainer):
         """Detectron2's hooks; with several processes :class:`~tde_det.engine.buffers.SyncBuffers`
         runs before the checkpointer and the evaluation."""
         ret = super().build_hooks()
+        ret.insert(0, SkippedImagesReport())  # the count of unreadable training images, at the end
         if comm.get_world_size() > 1:
             at = next((i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(ret))
             ret.insert(at, SyncBuffers(self.model, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.TEST.EVAL_PERIOD))
-        return ret
+        return preemption.build_hooks(self, ret)  # ResumeState before the checkpointer, StopOnSignal last
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's; with `resume`, partial files of an interrupted save are removed first, and each
+        process gets back its own buffers where the checkpoint holds them (a stop between periodic
+        checkpoints: :class:`~tde_det.engine.preemption.ResumeState`)."""
+        if resume and comm.is_main_process():
+            remove_partial_files(self.cfg.OUTPUT_DIR)
+        super().resume_or_load(resume=resume)
+        for h in self._hooks:
+            if isinstance(h, preemption.ResumeState):
+                h.restore_rank_buffers()
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """Detectron2's data, mapper, sampler and grouping as a resumable loader
+        (:func:`~tde_det.data.resumable_loader.build_resumable_train_loader`), with a mapper that skips
+        an image that cannot be read (one warning naming it; :class:`~tde_det.data.images.SkipUnreadableImages`)."""
         for name in cfg.DATASETS.TRAIN:
             prepare_dataset(name)
-        return super().build_train_loader(cap_num_workers(cfg))
+        mapper = SkipUnreadableImages(DatasetMapper(cfg, True), is_train=True)
+        return build_resumable_train_loader(cap_num_workers(cfg), mapper=mapper,
+                                            worker_init_fn=preemption.ignore_stop_signals)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's, with a mapper whose error for an image that cannot be read names the file."""
         prepare_dataset(dataset_name)
-        return super().build_test_loader(cap_num_workers(cfg), dataset_name)
+        mapper = SkipUnreadableImages(DatasetMapper(cfg, False), is_train=False)
+        return build_detection_test_loader(cap_num_workers(cfg), dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
