@@ -49,6 +49,7 @@ from tde_det.data.class_counts import norcal_class_counts  # noqa: E402
 from tde_det.engine import Trainer, check_config, cli, is_tde_model  # noqa: E402
 from tde_det.engine.results import strict_json  # noqa: E402
 from tde_det.errors import ConfigError  # noqa: E402
+from tde_det.analysis import mean_feature  # noqa: E402
 from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
 from tde_det.analysis.alpha_sweep import (  # noqa: E402
     check_alphas,
@@ -212,7 +213,8 @@ def main(args):
         raise ConfigError(f"--figure-alpha {args.figure_alpha:g} is not one of --alphas {alphas}.")
     class_counts = norcal_class_counts(cfg) if args.gammas else None
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
+    checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
+    mean_feature.log_record(checkpoint)  # how x̄ was made, when tools/estimate_mean_feature.py wrote the file
     records = OrderedDict()
     for dataset_name in cfg.DATASETS.TEST:
         loader = Trainer.build_test_loader(cfg, dataset_name)

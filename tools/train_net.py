@@ -33,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
+from tde_det.analysis import mean_feature  # noqa: E402
 from tde_det.engine import Trainer, check_config, cli  # noqa: E402
 
 
@@ -68,7 +69,8 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        mean_feature.log_record(checkpoint)  # how x̄ was made, when tools/estimate_mean_feature.py wrote the file
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -38,7 +38,7 @@ from ..modeling.box_predictor import TDEFastRCNNOutputLayers
 from ..modeling.roi_heads import box_stages
 
 __all__ = ["RECORD_KEY", "estimate_mean_features", "mean_key", "write_checkpoint", "describe_record",
-           "mean_feature_keys", "test_time_mapper", "tde_stages", "make_record"]
+           "mean_feature_keys", "test_time_mapper", "tde_stages", "make_record", "log_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +219,11 @@ def describe_record(checkpoint):
     return (f"x̄ of these weights: {record.get('how')} over the first {record.get('images')} images of "
             f"{record.get('dataset')} ({record.get('foreground_regions')} foreground regions per stage; "
             f"{record.get('date')}), not the training's moving average")
+
+
+def log_record(checkpoint):
+    """Log :func:`describe_record`'s line for a checkpoint (what ``Checkpointer.load`` returns), if any."""
+    line = describe_record(checkpoint)
+    if line and comm.is_main_process():
+        logger.info(line)
+    return line
