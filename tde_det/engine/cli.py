@@ -21,22 +21,25 @@ import torch.distributed as dist
 from torch.multiprocessing import ProcessExitedException
 
 from ..data.checks import check_datasets
-from ..errors import FilesMissing, UserError, message
+from ..errors import EXIT_USER_ERROR, UserError, message
 from .trainer import check_config
 
 __all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "leave_process_group", "preflight",
            "check_weights"]
 
-USER_ERROR_EXIT = 2  # as argparse's usage errors
+USER_ERROR_EXIT = EXIT_USER_ERROR  # 2, as argparse's usage errors (tde_det/errors.py: every status)
 
 
 def add_arguments(parser, data_check=True):
-    """Add ``--debug`` (and, with `data_check`, ``--skip-data-check``) to an argparse parser."""
+    """Add ``--debug`` (and, with `data_check`, ``--skip-data-check`` and ``--decode-images``) to an
+    argparse parser."""
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of configuration and data errors")
     if data_check:
         parser.add_argument("--skip-data-check", action="store_true",
                             help="do not check the datasets' files, vocabulary and labels before starting")
+        parser.add_argument("--decode-images", action="store_true",
+                            help="the data check also decodes every image (in parallel) and names each unreadable one")
     return parser
 
 
@@ -82,24 +85,26 @@ def in_worker(main, debug=False):
     return functools.partial(_run, main, debug)
 
 
-def check_weights(cfg):
-    """``MODEL.WEIGHTS``, when it is a local path, must exist (URLs are fetched by Detectron2)."""
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.exists(weights):
-        raise FilesMissing(f"MODEL.WEIGHTS {weights!r} does not exist. Give the path of a checkpoint, "
-                           "e.g. MODEL.WEIGHTS OUTPUT_DIR/model_final.pth.")
+def check_weights(cfg, evaluate=False, need_mean=None):
+    """``MODEL.WEIGHTS``: exists, and fits the model (:func:`tde_det.engine.weights.check_weights`:
+    to `evaluate` a trained model, or as the initialisation of training)."""
+    from .weights import check_weights as check
+
+    check(cfg, evaluate, need_mean)
 
 
-def preflight(cfg, dataset_names, test_names=(), *, skip_data_check=False, weights=True):
-    """Checks run before any model is built: the config against the datasets and the device
-    (:func:`check_config`), ``MODEL.WEIGHTS`` (with `weights`), then the data check
+def preflight(cfg, dataset_names, test_names=(), *, skip_data_check=False, weights=True, evaluate=False,
+              need_mean=None, decode=False, world_size=1):
+    """Checks run before any work (nothing is written): the config against the datasets, the device
+    and the values (:func:`check_config`, for `world_size` processes), the data check
     (:func:`tde_det.data.checks.check_datasets`) of `dataset_names`, the `test_names` among them as
-    test sets. Prints one line per dataset checked; raises a UserError listing the problems."""
-    check_config(cfg, list(dataset_names))
-    if weights:
-        check_weights(cfg)
+    test sets (`decode`: every image decoded), then ``MODEL.WEIGHTS`` (with `weights`; `evaluate`,
+    `need_mean`: :func:`check_weights`). Prints one line per dataset checked; raises a UserError."""
+    check_config(cfg, list(dataset_names), world_size)
     if skip_data_check:
         print("data check: skipped (--skip-data-check)", flush=True)
-        return
-    for line in check_datasets(dataset_names, test_names, cfg.MODEL.ROI_HEADS.NUM_CLASSES):
-        print(f"data check: {line}", flush=True)
+    else:
+        for line in check_datasets(dataset_names, test_names, cfg.MODEL.ROI_HEADS.NUM_CLASSES, decode=decode):
+            print(f"data check: {line}", flush=True)
+    if weights:
+        check_weights(cfg, evaluate, need_mean)
