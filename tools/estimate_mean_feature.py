@@ -83,15 +83,27 @@ def preflight(args):
     cli.preflight(cfg, [cfg.DATASETS.TRAIN[0]], skip_data_check=args.skip_data_check)
 
 
+def read_checkpoint(path):
+    """The checkpoint file as ``{"model": state_dict, ...}`` (a trained TDE model's .pth)."""
+    import torch
+    from detectron2.utils.file_io import PathManager
+
+    if not path.endswith((".pth", ".pt")):
+        raise ConfigError(f"MODEL.WEIGHTS {path}: x̄ is re-estimated for a trained TDE model's .pth checkpoint "
+                          "(e.g. OUTPUT_DIR/model_final.pth).")
+    with PathManager.open(path, "rb") as f:
+        checkpoint = torch.load(f, map_location="cpu", weights_only=False)  # the user's own file, as Detectron2 loads it
+    return checkpoint if isinstance(checkpoint, dict) and "model" in checkpoint else {"model": checkpoint}
+
+
 def main(args):
     cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.freeze()
     setup_logger(distributed_rank=comm.get_rank(), name="tde_det")
     prepare_dataset(cfg.DATASETS.TRAIN[0])
     model = Trainer.build_model(cfg)
-    checkpointer = DetectionCheckpointer(model)
-    checkpoint = checkpointer._load_file(cfg.MODEL.WEIGHTS)
-    checkpointer._load_model(dict(checkpoint, model=dict(checkpoint["model"])))
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    checkpoint = read_checkpoint(cfg.MODEL.WEIGHTS)  # the file's own tensors, written back unchanged but x̄
     previous = [p.cls_score.mean_feature.detach().clone() for p in mean_feature.tde_stages(model)[3]]
     means, counts, used = mean_feature.estimate_mean_features(cfg, model, args.num_images, args.batch_size)
     if comm.is_main_process():

@@ -49,6 +49,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import cli  # noqa: E402
+from tde_det.data.images import image_problem  # noqa: E402
 from tde_det.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("tde_det.export")
@@ -102,6 +103,13 @@ def check_args(args, cfg):
                          "or give the path of a checkpoint.")
     if args.sample_image is not None and not os.path.isfile(args.sample_image):
         raise UsageError(f"--sample-image {args.sample_image!r} is not a file.")
+    if args.sample_image is not None and (problem := image_problem(args.sample_image)):
+        raise UsageError(f"--sample-image {args.sample_image!r} cannot be read ({problem}).")
+    if args.sample_image is None and not cfg.DATASETS.TEST:
+        raise UsageError("DATASETS.TEST is empty: give --sample-image FILE.")
+    # the config's values and device, the test set the sample comes from, the weights (fit, trained x̄)
+    names = [] if args.sample_image is not None else list(cfg.DATASETS.TEST[:1])
+    cli.preflight(cfg, names, names, evaluate=True)
     if args.format == "onnx":
         try:
             import onnxruntime  # noqa: F401

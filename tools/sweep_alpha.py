@@ -48,6 +48,7 @@ from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, de
 from tde_det.data.class_counts import norcal_class_counts  # noqa: E402
 from tde_det.engine import Trainer, check_config, cli, is_tde_model  # noqa: E402
 from tde_det.engine.results import strict_json  # noqa: E402
+from tde_det.engine.weights import needs_trained_mean  # noqa: E402
 from tde_det.errors import ConfigError  # noqa: E402
 from tde_det.analysis import mean_feature  # noqa: E402
 from tde_det.evaluation import build_lvis_evaluator  # noqa: E402
@@ -102,7 +103,7 @@ def parse_args(argv=None):
         while n < len(values) and _is_number(values[n]):
             n += 1
         if n == 0 and values:
-            raise SystemExit(f"error: --{name} needs numbers, got {values[0]!r} (e.g. --{name} 0 0.5 1 1.5 2).")
+            cli.usage_error(f"--{name} needs numbers, got {values[0]!r} (e.g. --{name} 0 0.5 1 1.5 2).")
         setattr(args, name, [float(v) for v in values[:n]])
         rest += values[n:]
     args.opts = rest + list(args.opts)
@@ -141,7 +142,9 @@ def preflight(args):
     DATASETS.TEST (``--skip-data-check`` skips the data part)."""
     cfg = get_tde_cfg(args.config_file, args.opts)
     require_weights(cfg)
-    cli.preflight(cfg, cfg.DATASETS.TEST, cfg.DATASETS.TEST, skip_data_check=args.skip_data_check)
+    cli.preflight(cfg, cfg.DATASETS.TEST, cfg.DATASETS.TEST, skip_data_check=args.skip_data_check, evaluate=True,
+                  need_mean=needs_trained_mean(cfg, sweep_alphas(cfg, args)), decode=args.decode_images,
+                  world_size=args.num_gpus * args.num_machines)
 
 
 def build_evaluator(cfg, dataset_name, output_dir):

@@ -33,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
+from tde_det.errors import ConfigError  # noqa: E402
 from tde_det.analysis import mean_feature  # noqa: E402
 from tde_det.engine import Trainer, check_config, cli  # noqa: E402
 
@@ -60,9 +61,13 @@ def dataset_names(cfg, eval_only):
 def preflight(args):
     """Before ``launch``, so before any model is built: config, weights and the data check (every
     image file, vocabulary, federated labels; ``--skip-data-check`` skips the data part)."""
+    if not args.config_file:
+        raise ConfigError("--config-file is required, e.g. --config-file configs/demo/tde_mask_rcnn_demo.yaml "
+                          "(the configs are in configs/).")
     cfg = get_tde_cfg(args.config_file, args.opts)
-    cli.preflight(cfg, dataset_names(cfg, args.eval_only), cfg.DATASETS.TEST,
-                  skip_data_check=args.skip_data_check, weights=not args.resume)
+    cli.preflight(cfg, dataset_names(cfg, args.eval_only), cfg.DATASETS.TEST, skip_data_check=args.skip_data_check,
+                  weights=not args.resume, evaluate=args.eval_only, decode=args.decode_images,
+                  world_size=args.num_gpus * args.num_machines)
 
 
 def main(args):
@@ -91,14 +96,16 @@ def _launcher_runs_without_cuda():
 def check_launch(args):
     """A clear error instead of an assertion deep inside ``launch`` (detectron2 v0.6 needs CUDA + NCCL)."""
     world_size = args.num_gpus * args.num_machines
+    if args.num_gpus < 1 or args.num_machines < 1:
+        raise ConfigError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines}: both must be >= 1.")
     if world_size > 1 and not torch.cuda.is_available() and not _launcher_runs_without_cuda():
-        sys.exit(
-            f"error: --num-gpus {args.num_gpus} --num-machines {args.num_machines} asks for {world_size} processes, "
+        raise ConfigError(
+            f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} asks for {world_size} processes, "
             "but CUDA is not available and this detectron2's launch() supports only CUDA GPUs (NCCL). "
             "On a CPU machine run a single process: --num-gpus 1 (plus MODEL.DEVICE cpu if the config uses cuda)."
         )
     if args.num_gpus > 1 and torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
-        sys.exit(f"error: --num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} CUDA devices.")
+        raise ConfigError(f"--num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} CUDA devices.")
 
 
 if __name__ == "__main__":

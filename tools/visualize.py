@@ -49,7 +49,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, demo backbone and datasets)
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.engine import Trainer, cli  # noqa: E402
-from tde_det.errors import ConfigError, FilesMissing  # noqa: E402
+from tde_det.data.images import SkipUnreadableImages, image_problem  # noqa: E402
+from tde_det.engine.weights import needs_trained_mean  # noqa: E402
+from tde_det.errors import ConfigError, FilesMissing, UnreadableImage  # noqa: E402
 from tde_det.analysis.alpha_sweep import AlphaSweep  # noqa: E402
 from tde_det.analysis.cam import detection_cams, has_tde_head, paste_cams  # noqa: E402
 from tde_det.analysis.figures import lvis_category_stats  # noqa: E402
@@ -86,7 +88,7 @@ def parse_args(argv=None):
         while n < len(args.input) and not CONFIG_KEY.fullmatch(args.input[n]):
             n += 1
         if n == 0:
-            raise SystemExit(f"error: --input needs image paths, got {args.input[0]!r}.")
+            cli.usage_error(f"--input needs image paths, got {args.input[0]!r}.")
         args.input, args.opts = args.input[:n], args.input[n:] + list(args.opts)
     return args
 
@@ -96,13 +98,42 @@ def setup(args):
     cfg.freeze()
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError("MODEL.WEIGHTS is empty: add the override MODEL.WEIGHTS path/to/model_final.pth.")
-    cli.check_weights(cfg)
+    alpha = cfg.MODEL.TDE.ALPHA if args.alpha is None else args.alpha
+    if not alpha >= 0:
+        raise ConfigError(f"--alpha must be >= 0 (0: De-confound only), got {alpha:g}.")
+    if args.num_images < 1:
+        raise ConfigError(f"--num-images must be >= 1, got {args.num_images}.")
+    if args.input:
+        check_input_images(args.input)
+    # the config's values and device, the dataset drawn from (a test set: its images must exist), the weights
+    names = [] if args.input else [dataset_to_draw(cfg, args)]
+    cli.preflight(cfg, names, names, evaluate=True, need_mean=needs_trained_mean(cfg, [alpha]))
     return cfg
+
+
+def dataset_to_draw(cfg, args):
+    """--dataset, else DATASETS.TEST[0]."""
+    dataset_name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+    if not dataset_name:
+        raise ConfigError("No images: pass --input IMAGE ... or --dataset NAME (DATASETS.TEST is empty).")
+    return dataset_name
+
+
+def check_input_images(paths):
+    """Every --input path is an image file that decodes."""
+    for path in paths:
+        if os.path.isdir(path):
+            raise FilesMissing(f"--input {path!r} is a folder: give image files, e.g. --input {os.path.join(path, '*.jpg')}.")
+        if not os.path.isfile(path):
+            raise FilesMissing(f"--input image {path!r} does not exist.")
+        problem = image_problem(path)
+        if problem:
+            raise UnreadableImage(f"--input image {path!r} cannot be read ({problem}).")
 
 
 def load_inputs(cfg, args):
     """[(input dict for the model, RGB image [H, W, 3] uint8, dataset dict or None)], and the metadata."""
-    mapper = DatasetMapper(cfg, is_train=False)
+    mapper = SkipUnreadableImages(DatasetMapper(cfg, is_train=False), is_train=False)  # errors name the file
     if args.input:
         dataset_name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else ""
         records = []
@@ -112,9 +143,7 @@ def load_inputs(cfg, args):
             h, w = utils.read_image(path).shape[:2]
             records.append(({"file_name": path, "image_id": i, "height": h, "width": w}, None))
     else:
-        dataset_name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
-        if not dataset_name:
-            raise ConfigError("No images: pass --input IMAGE ... or --dataset NAME (DATASETS.TEST is empty).")
+        dataset_name = dataset_to_draw(cfg, args)
         prepare_dataset(dataset_name)
         records = [(dict(d), d) for d in DatasetCatalog.get(dataset_name)[: max(args.num_images, 0)]]
     out = []
@@ -164,6 +193,8 @@ def load_compare_model(cfg, args):
             f"--compare-config has MODEL.ROI_HEADS.NUM_CLASSES {other.MODEL.ROI_HEADS.NUM_CLASSES}, the main model "
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}: the second model must be trained on the same classes."
         )
+    cli.check_weights(other, evaluate=True, need_mean=needs_trained_mean(
+        other, [cfg.MODEL.TDE.ALPHA if args.alpha is None else args.alpha]))
     model = Trainer.build_model(other)
     DetectionCheckpointer(model).load(other.MODEL.WEIGHTS)
     label = os.path.splitext(os.path.basename(args.compare_config))[0]
@@ -256,6 +287,9 @@ def main(args):
     setup_logger(name="tde_det")
     check_cam_args(args)
     cfg = setup(args)
+    # everything read and checked before the output folder is made
+    compare = load_compare_model(cfg, args) if args.cam else None
+    inputs, metadata = load_inputs(cfg, args)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "visualize")
     os.makedirs(output, exist_ok=True)
     model = Trainer.build_model(cfg)
@@ -263,8 +297,6 @@ def main(args):
     model.eval()
     alpha = cfg.MODEL.TDE.ALPHA if args.alpha is None else args.alpha
     sweep = AlphaSweep(model, [alpha])
-    inputs, metadata = load_inputs(cfg, args)
-    compare = load_compare_model(cfg, args) if args.cam else None
     frequency = class_frequency(metadata) if args.cam else None
     written = []
     for model_input, image, gt in inputs:

@@ -60,6 +60,13 @@ def exit_on_user_error(debug=False):
         sys.exit(USER_ERROR_EXIT)
 
 
+def usage_error(text):
+    """For a mistake found while parsing the command line (outside :func:`exit_on_user_error`):
+    ``error: text`` on stderr and exit status 2."""
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT)
+
+
 def _run(main, debug, *args):
     with exit_on_user_error(debug):
         result = main(*args)
