@@ -216,8 +216,8 @@ def test_visualize_cam_writes_one_png_per_image(cam_dataset, tmp_path):
     DetectionCheckpointer(tiny_model("softmax", seed=3), save_dir=str(tmp_path)).save("softmax")
     compare_yaml = tmp_path / "softmax.yaml"
     compare_yaml.write_text(
-        f'_BASE_: "{TINY_YAML}"\nMODEL:\n  ROI_HEADS:\n    NAME: "StandardROIHeads"\n    NUM_CLASSES: {NUM_CLASSES}\n'
-        "  RPN:\n    POST_NMS_TOPK_TEST: 48\n  FPN:\n    OUT_CHANNELS: 16\n  ROI_BOX_HEAD:\n    FC_DIM: 32\n"
+        f'_BASE_: "{TINY_YAML}"\nMODEL:\n  ROI_HEADS:\n    NAME: "StandardROIHeads"\n'
+        "  FPN:\n    OUT_CHANNELS: 16\n  ROI_BOX_HEAD:\n    FC_DIM: 32\n"
         "  ROI_MASK_HEAD:\n    CONV_DIM: 8\n    NUM_CONV: 1\n"
     )
     opts = [str(o) for o in TINY] + ["MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{cam_dataset}',)"]
@@ -225,7 +225,9 @@ def test_visualize_cam_writes_one_png_per_image(cam_dataset, tmp_path):
     base = ["--config-file", TINY_YAML, "--num-images", "2", "--cam"]
     out = tmp_path / "cam"
     args = tool.parse_args(base + ["--cam-top", "2", "--output", str(out), "--compare-weights",
-                                   str(tmp_path / "softmax.pth"), "--compare-config", str(compare_yaml)] + opts)  # fmt: skip
+                                   str(tmp_path / "softmax.pth"), "--compare-config", str(compare_yaml),
+                                   "--compare-opts", "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES),
+                                   "--compare-opts", "MODEL.RPN.POST_NMS_TOPK_TEST", "48"] + opts)  # fmt: skip
     with mock.patch.object(tool, "draw_cam_rows", wraps=tool.draw_cam_rows) as draw:
         written = tool.main(args)
     assert len(written) == 2 and sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in written)
@@ -259,6 +261,8 @@ def test_visualize_cam_rejects_bad_options(cam_dataset, tmp_path):
     base = ["--config-file", TINY_YAML, "--output", str(tmp_path)]
     with pytest.raises(ValueError, match="only apply with --cam"):
         tool.main(tool.parse_args(base + ["--compare-weights", "a.pth", "--compare-config", TINY_YAML] + opts))
+    with pytest.raises(ValueError, match="--compare-opts overrides the second model"):
+        tool.main(tool.parse_args(base + ["--cam", "--compare-opts", "MODEL.DEVICE", "cpu"] + opts))
     with pytest.raises(ValueError, match="go together"):
         tool.main(tool.parse_args(base + ["--cam", "--compare-weights", "a.pth"] + opts))
     with pytest.raises(FileNotFoundError, match="--compare-weights file"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
-from helpers import set_means
+from helpers import load_script, set_means
 from test_alpha_sweep import NUM_CLASSES, Recorder, assert_same_detections, make_batches, tiny_cfg
 
 from tde_det.data.class_counts import class_counts_from_json, dataset_class_counts, norcal_class_counts
@@ -147,7 +147,7 @@ def test_config_key_builds_a_calibrated_model_and_names_its_row(tmp_path):
 
 
 # ------------------------------------------------------------------- in the one-pass sweep
-@pytest.mark.parametrize("heads, opts, alphas", [("standard", SOFTMAX, [0.0]), ("cascade", (), [0.0, 1.5])])
+@pytest.mark.parametrize("heads, opts, alphas", [("standard", SOFTMAX, []), ("cascade", (), [0.0, 1.5])])
 def test_sweep_norcal_rows_equal_the_calibrated_model(heads, opts, alphas):
     model = _model(heads, *opts)
     batches = make_batches()
@@ -184,6 +184,11 @@ def test_sweep_refuses_alpha_on_a_softmax_model_and_gammas_without_counts():
     with pytest.raises(ConfigError, match="class training counts"):
         AlphaSweep(_model("standard"), [1.0], gammas=[0.5])
     assert AlphaSweep(softmax, [0.0], gammas=[0.5], class_counts=COUNTS).values == ["plain", "norcal_gamma=0.5"]
+    # tools/sweep_alpha.py: a softmax model has no alpha; by default its sweep has no "alpha=0" row, only plain
+    tool = load_script("tools/sweep_alpha.py", "tool_sweep_alpha")
+    args = tool.parse_args(["--config-file", "x.yaml", "--gammas", "0.5"])
+    assert tool.sweep_alphas(tiny_cfg("standard", *SOFTMAX), args) == []
+    assert tool.sweep_alphas(tiny_cfg("standard"), args) == tool.DEFAULT_ALPHAS
     assert NUM_CLASSES == len(COUNTS)
     assert check_gammas([]) == [] and check_gammas(["0.5", 1]) == [0.5, 1.0]
     for bad, words in [([0.5, -1], ">= 0"), ([1, 1.0], "twice"), (["x"], "numbers"), ([float("inf")], "finite")]:

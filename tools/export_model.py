@@ -26,6 +26,13 @@ sets are generated on first use), resized as Detectron2's test loader does. The 
 input is that image as a float32 tensor [3, H, W] (channels in ``INPUT.FORMAT``, BGR by default).
 """
 
+import warnings
+
+# Third-party warnings a user can do nothing about: fvcore's @torch.jit.script at import (torch >= 2.10),
+# the meshgrid call of Detectron2's anchor generator.
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+warnings.filterwarnings("ignore", "torch.meshgrid: in an upcoming release")
+
 import argparse
 import json
 import logging

@@ -29,6 +29,14 @@ Detectron2's command-line conventions (``--num-gpus``, ``--num-machines``, ``--d
 ``KEY VALUE`` overrides) and ``launch``; results are gathered on the main process.
 """
 
+import warnings
+
+# Third-party warnings a user can do nothing about: fvcore's @torch.jit.script at import (torch >= 2.10),
+# the meshgrid call of Detectron2's anchor generator.
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+warnings.filterwarnings("ignore", "torch.meshgrid: in an upcoming release")
+
+import argparse
 import json
 import logging
 import os
@@ -37,7 +45,7 @@ from collections import OrderedDict
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -73,9 +81,17 @@ DEFAULT_ALPHAS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
 
 def argument_parser():
     parser = default_argument_parser(epilog=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
+    for action in [a for a in parser._actions if a.dest in ("resume", "eval_only")]:  # always evaluates, never trains
+        parser._remove_action(action)
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        for flag in action.option_strings:
+            del parser._option_string_actions[flag]
     parser.add_argument("--alphas", nargs="+", default=None, metavar="ALPHA",
                         help=f"alpha values to evaluate (plain is always added); default: {DEFAULT_ALPHAS} for a TDE "
-                             "model, 0 for a softmax one. Trailing KEY VALUE overrides may follow them directly.")
+                             "model, none (plain only) for a softmax one. Trailing KEY VALUE overrides may follow them directly.")
     parser.add_argument("--gammas", nargs="+", default=[], metavar="GAMMA",
                         help="NorCal gamma values to evaluate on the same pass (softmax([z_fg - gamma log N, z_bg]); "
                              "N: MODEL.NORCAL.CLASS_COUNTS or DATASETS.TRAIN's image counts per class)")
@@ -122,7 +138,7 @@ def setup(args):
     cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.OUTPUT_DIR = args.output or os.path.join(cfg.OUTPUT_DIR, "alpha_sweep")
     cfg.freeze()
-    default_setup(cfg, args)
+    cli.default_setup(cfg, args)  # Detectron2's, its config dump and environment in OUTPUT_DIR/log.txt only
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
     check_config(cfg, list(cfg.DATASETS.TEST))
     require_weights(cfg)
@@ -163,10 +179,10 @@ def figure_alpha(rows, requested):
 
 
 def sweep_alphas(cfg, args):
-    """--alphas, else the default: DEFAULT_ALPHAS for a TDE model, only plain for a softmax one."""
+    """--alphas, else the default: DEFAULT_ALPHAS for a TDE model, none for a softmax one (plain only)."""
     if args.alphas is not None:
         return args.alphas
-    return DEFAULT_ALPHAS if is_tde_model(cfg) else [0.0]
+    return DEFAULT_ALPHAS if is_tde_model(cfg) else []
 
 
 def report(cfg, args, dataset_name, result):

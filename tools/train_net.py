@@ -17,6 +17,13 @@ With ``TEST.TDE_EVAL_PLAIN True`` (the demo configs), every evaluation of a TDE 
 both the ``plain`` and the ``tde`` inference of the same weights in one table.
 """
 
+import warnings
+
+# Third-party warnings a user can do nothing about: fvcore's @torch.jit.script at import (torch >= 2.10),
+# the meshgrid call of Detectron2's anchor generator.
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+warnings.filterwarnings("ignore", "torch.meshgrid: in an upcoming release")
+
 import importlib
 import inspect
 import logging
@@ -25,7 +32,7 @@ import sys
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -42,7 +49,7 @@ def setup(args):
     """Config from Detectron2's defaults + ``add_tde_config`` + the file + trailing overrides."""
     cfg = get_tde_cfg(args.config_file, args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
+    cli.default_setup(cfg, args)  # Detectron2's, its config dump and environment in OUTPUT_DIR/log.txt only
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
     # Fail before building the model: class count, device, and the data files (the demo set is
     # generated here on first use).

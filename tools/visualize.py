@@ -7,9 +7,9 @@
     # your own images
     python tools/visualize.py --config-file CONFIG --input a.jpg b.jpg --output vis/ MODEL.WEIGHTS model.pth
     # Grad-CAM of the 3 best TDE detections per image: plain | TDE logit, and the softmax baseline's
-    python tools/visualize.py --config-file configs/demo/tde_mask_rcnn_demo.yaml --cam --cam-top 3 \
-        --compare-weights output/demo_baseline_mask_rcnn/model_final.pth \
-        --compare-config configs/demo/baseline_mask_rcnn_demo.yaml \
+    python tools/visualize.py --config-file configs/demo/tde_mask_rcnn_demo.yaml --cam --cam-top 3 \\
+        --compare-weights output/demo_baseline_mask_rcnn/model_final.pth \\
+        --compare-config configs/demo/baseline_mask_rcnn_demo.yaml \\
         MODEL.WEIGHTS output/demo_tde_mask_rcnn/model_final.pth
 
 Both panels come from ONE forward pass (:class:`tde_det.analysis.alpha_sweep.AlphaSweep`): plain
@@ -26,6 +26,13 @@ softmax baseline: plain logit only) on the same boxes. Panel titles: class, freq
 from the dataset's LVIS json) and the score (CAM panels: that logit's score for the drawn box).
 Written as OUTPUT/<image>_alpha<alpha>_cam.png.
 """
+
+import warnings
+
+# Third-party warnings a user can do nothing about: fvcore's @torch.jit.script at import (torch >= 2.10),
+# the meshgrid call of Detectron2's anchor generator.
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+warnings.filterwarnings("ignore", "torch.meshgrid: in an upcoming release")
 
 import argparse
 import io
@@ -74,6 +81,8 @@ def argument_parser():
                    help="with --cam: the N best TDE detections per image (default: those >= --score-thresh)")
     p.add_argument("--compare-weights", default="", metavar="FILE", help="with --cam: a second model's weights")
     p.add_argument("--compare-config", default="", metavar="FILE", help="with --cam: the second model's config")
+    p.add_argument("--compare-opts", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="with --cam: a config override of the second model (repeat the flag for several)")
     cli.add_arguments(p, data_check=False)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
     return p
@@ -171,8 +180,11 @@ def draw_panels(image, panels, path):
 
 def check_cam_args(args):
     """Errors for --cam options that do not fit together (before anything is built)."""
-    if (args.compare_weights or args.compare_config or args.cam_top) and not args.cam:
-        raise ConfigError("--cam-top, --compare-weights and --compare-config only apply with --cam; add --cam.")
+    if (args.compare_weights or args.compare_config or args.compare_opts or args.cam_top) and not args.cam:
+        raise ConfigError("--cam-top, --compare-weights, --compare-config and --compare-opts only apply with --cam; "
+                          "add --cam.")
+    if args.compare_opts and not args.compare_config:
+        raise ConfigError("--compare-opts overrides the second model's config: give --compare-config and --compare-weights.")
     if bool(args.compare_weights) != bool(args.compare_config):
         raise ConfigError("--compare-weights and --compare-config go together: give the second model's weights AND its config.")
     if args.cam_top < 0:
@@ -186,7 +198,9 @@ def load_compare_model(cfg, args):
     """(label, model in eval mode, its DatasetMapper) of --compare-weights/--compare-config, or None."""
     if not args.compare_weights:
         return None
-    other = get_tde_cfg(args.compare_config, ["MODEL.WEIGHTS", args.compare_weights, "MODEL.DEVICE", cfg.MODEL.DEVICE])
+    overrides = [word for pair in args.compare_opts for word in pair]
+    other = get_tde_cfg(args.compare_config,
+                        overrides + ["MODEL.WEIGHTS", args.compare_weights, "MODEL.DEVICE", cfg.MODEL.DEVICE])
     other.freeze()
     if other.MODEL.ROI_HEADS.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
         raise ConfigError(

@@ -158,7 +158,7 @@ def _sweep_predictors(model, alphas, gammas) -> List[FastRCNNOutputLayers]:
             raise ConfigError(
                 f"TDE alpha values need De-confound-TDE ROI heads (MODEL.ROI_HEADS.NAME TDEStandardROIHeads or "
                 f"TDECascadeROIHeads); this model has {type(heads).__name__} with softmax box predictors, for "
-                "which the sweep scores NorCal only: give --alphas 0 and --gammas (e.g. 0.25 0.5 1)."
+                "which the sweep scores plain and NorCal only: leave out --alphas and give --gammas (e.g. 0.25 0.5 1)."
             )
     for k, p in enumerate(predictors):
         # The sweep scores with softmax (plain) and the §4 rule (α > 0); a sigmoid-CE predictor's own
@@ -326,7 +326,7 @@ class AlphaSweep:
                  gammas: Sequence[float] = (), class_counts=None):  # fmt: skip
         self.model = box_stages(model, "The alpha sweep")[0]
         self.paste_budget = paste_budget
-        self.alphas = check_alphas(alphas)
+        self.alphas = check_alphas(alphas) if len(alphas) else []  # []: plain only (a softmax model has no α)
         self.gammas = check_gammas(gammas)
         self.predictors = _sweep_predictors(self.model, self.alphas, self.gammas)
         self.is_tde = isinstance(self.predictors[0], TDEFastRCNNOutputLayers)
@@ -542,7 +542,7 @@ def inference_on_dataset_alphas(
             (set to eval mode for the run).
         data_loader: an iterable of batched inputs (e.g. ``build_detection_test_loader``; under
             ``launch`` each process gets its shard).
-        alphas: the α values (>= 0); the ``plain`` row (α = 0) is always added.
+        alphas: the α values (>= 0; may be empty: plain only); the ``plain`` row (α = 0) is always added.
         build_evaluator: ``setting name -> DatasetEvaluator`` (or None): one evaluator per distinct
             setting ("plain" also serves α = 0 and γ = 0 rows). None: no evaluation (benchmarks).
         gammas, class_counts: NorCal γ values (>= 0) and the class training counts [C] they need.

@@ -14,6 +14,7 @@ traceback instead. Every other exception is a bug and keeps its traceback.
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 
@@ -25,7 +26,7 @@ from ..errors import EXIT_USER_ERROR, UserError, message
 from .trainer import check_config
 
 __all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "leave_process_group", "preflight",
-           "check_weights"]
+           "check_weights", "default_setup", "FILE_ONLY_RECORDS"]
 
 USER_ERROR_EXIT = EXIT_USER_ERROR  # 2, as argparse's usage errors (tde_det/errors.py: every status)
 
@@ -115,3 +116,38 @@ def preflight(cfg, dataset_names, test_names=(), *, skip_data_check=False, weigh
             print(f"data check: {line}", flush=True)
     if weights:
         check_weights(cfg, evaluate, need_mean)
+
+
+# Detectron2's long log records that belong in OUTPUT_DIR/log.txt but not on the console: the environment
+# table (~40 lines), the config file, the full config (~500 lines; also OUTPUT_DIR/config.yaml) and the model.
+FILE_ONLY_RECORDS = ("Environment info:", "Contents of args.config_file=", "Running with full config:", "Model:\n")
+
+
+class _FileOnly(logging.Filter):
+    """Drops the records in FILE_ONLY_RECORDS (attached to console handlers only)."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith(FILE_ONLY_RECORDS)
+
+
+def default_setup(cfg, args):
+    """Detectron2's ``default_setup`` (log file, config.yaml, seed, cudnn) with a quiet console.
+
+    The environment table, the config file, the full config and the model go to ``OUTPUT_DIR/log.txt``
+    only (the full config also to ``OUTPUT_DIR/config.yaml``, as Detectron2 writes it); the console keeps
+    progress, results and warnings. torch's "No CUDA runtime is found" line (printed while Detectron2
+    collects the environment on a CPU machine) is dropped."""
+    from detectron2.engine import default_setup as d2_default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    # The same call as default_setup's: setup_logger is cached, so this is the logger it will use.
+    logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank())
+    for handler in logger.handlers:
+        if getattr(handler, "stream", None) in (sys.stdout, sys.stderr) and not any(
+                isinstance(f, _FileOnly) for f in handler.filters):
+            handler.addFilter(_FileOnly())
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    d2_default_setup(cfg, args)
+    if cfg.OUTPUT_DIR:
+        logger.info("Environment, config and model: %s", os.path.join(cfg.OUTPUT_DIR, "log.txt"))
