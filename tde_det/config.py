@@ -19,7 +19,8 @@ def add_tde_config(cfg):
     cfg.MODEL.TDE.SCALE = 16.0
     # gamma: added to each class-weight norm, ||w|| + gamma.
     cfg.MODEL.TDE.GAMMA = 1.0 / 32.0
-    # mu: momentum of the moving-average feature over foreground regions.
+    # mu: momentum of the moving-average feature x̄ over foreground regions (0.9: the paper's
+    # classification code and official LVIS v0.5 code; the official LVIS v1.0 code uses 0.9998).
     cfg.MODEL.TDE.MOMENTUM = 0.9
     # alpha: strength of the counterfactual subtraction; used only at test time.
     cfg.MODEL.TDE.ALPHA = 1.5
