@@ -59,10 +59,19 @@ def _run(*args, timeout=300):
 def reference_mean(cfg, model, num_images):
     """The definition, written out with Detectron2's parts: each image resized as at test time, the
     RPN's inference proposals + the (rescaled) GT boxes, a Matcher built from ROI_HEADS.IOU_THRESHOLDS,
-    label 1 = foreground, box pooler + box head features, their plain mean (float64)."""
-    matcher = Matcher(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS, cfg.MODEL.ROI_HEADS.IOU_LABELS, allow_low_quality_matches=False)
+    label 1 = foreground, box pooler + box head features, their plain mean (float64). Cascade stage
+    s > 0: stage s − 1's regressed boxes of all its regions (clipped, non-empty), a Matcher at
+    ROI_BOX_CASCADE_HEAD.IOUS[s]. Returns (means [S, D], counts [S])."""
+    heads = model.roi_heads
+    cascade = isinstance(heads.box_predictor, torch.nn.ModuleList)
+    box_heads = list(heads.box_head) if cascade else [heads.box_head]
+    predictors = list(heads.box_predictor) if cascade else [heads.box_predictor]
+    thresholds = [cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS] + [[t] for t in cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS[1:]]
+    matchers = [Matcher(t, [0, 1] if len(t) == 1 else cfg.MODEL.ROI_HEADS.IOU_LABELS, allow_low_quality_matches=False)
+                for t in thresholds]
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    total, count = torch.zeros(model.roi_heads.box_predictor.cls_score.weight.shape[1], dtype=torch.float64), 0
+    dim = predictors[0].cls_score.weight.shape[1]
+    total, count = torch.zeros(len(predictors), dim, dtype=torch.float64), [0] * len(predictors)
     for d in DatasetCatalog.get(TRAIN)[:num_images]:
         image = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
         h, w = image.shape[:2]
@@ -70,17 +79,22 @@ def reference_mean(cfg, model, num_images):
         nh, nw = resized.shape[:2]
         images = model.preprocess_image([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy())}])
         features = model.backbone(images.tensor)
+        pooled = [features[f] for f in cfg.MODEL.ROI_HEADS.IN_FEATURES]
         proposals, _ = model.proposal_generator(images, features, None)
         gt = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]],
                           dtype=torch.float32).reshape(-1, 4)
         gt = Boxes(gt * torch.tensor([nw / w, nh / h, nw / w, nh / h]))
         boxes = Boxes.cat([proposals[0].proposal_boxes, gt])
-        _, labels = matcher(pairwise_iou(gt, boxes))
-        fg = boxes[labels == 1]
-        x = model.roi_heads.box_head(model.roi_heads.box_pooler([features[f] for f in cfg.MODEL.ROI_HEADS.IN_FEATURES], [fg]))
-        total += x.flatten(1).double().sum(0)
-        count += len(fg)
-    return total / count, count
+        for s, (box_head, predictor) in enumerate(zip(box_heads, predictors)):
+            if s > 0:
+                boxes = Boxes(predictors[s - 1].box2box_transform.apply_deltas(predictors[s - 1].bbox_pred(x), boxes.tensor))
+                boxes.clip((nh, nw))
+                boxes = boxes[boxes.nonempty()]
+            x = box_head(heads.box_pooler(pooled, [boxes])).flatten(1)
+            _, labels = matchers[s](pairwise_iou(gt, boxes))
+            total[s] += x[labels == 1].double().sum(0)
+            count[s] += int((labels == 1).sum())
+    return total / torch.tensor(count, dtype=torch.float64)[:, None], count
 
 
 def _direction_error(a, b, num_heads):
@@ -104,10 +118,10 @@ def test_tool_mean_equals_the_definition(weights, estimated):
     ref, count = reference_mean(cfg, model, NUM_IMAGES)
     ckpt = torch.load(out, weights_only=True)  # the record is json-able: loads without pickle
     new = ckpt["model"][KEY]
-    assert _direction_error(new, ref, cfg.MODEL.TDE.NUM_HEADS) < 1e-6
-    assert torch.allclose(new.double(), ref, rtol=1e-5, atol=1e-6)
+    assert _direction_error(new, ref[0], cfg.MODEL.TDE.NUM_HEADS) < 1e-6
+    assert torch.allclose(new.double(), ref[0], rtol=1e-5, atol=1e-6)
     record = ckpt["mean_feature_record"]
-    assert record["images"] == NUM_IMAGES and record["foreground_regions"] == [count]
+    assert record["images"] == NUM_IMAGES and record["foreground_regions"] == count
     assert record["dataset"] == TRAIN and record["how"] == "exact mean" and record["num_processes"] == 1
     # every other tensor unchanged
     old = model.state_dict()
@@ -116,7 +130,26 @@ def test_tool_mean_equals_the_definition(weights, estimated):
         if k != KEY:
             assert torch.equal(ckpt["model"][k], v), k
     assert not torch.allclose(new, old[KEY])
-    assert f"[{count}] foreground regions of the first {NUM_IMAGES} images" in log
+    assert f"{count} foreground regions of the first {NUM_IMAGES} images" in log
+
+
+def test_cascade_every_stage_equals_the_definition(tmp_path):
+    """Cascade: each stage's x̄ from that stage's regions (the previous stage's boxes, its own IoU)."""
+    opts = OPTS + ["MODEL.ROI_HEADS.NAME", "TDECascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]
+    torch.manual_seed(0)
+    cfg = get_tde_cfg(TINY, opts)
+    model = Trainer.build_model(cfg).eval()
+    set_means(model, 2)
+    path, out = str(tmp_path / "cascade.pth"), str(tmp_path / "estimated.pth")
+    torch.save({"model": model.state_dict()}, path)
+    proc = _run("--config-file", TINY, "--num-images", NUM_IMAGES, "--output", out, "MODEL.WEIGHTS", path, *opts)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ref, count = reference_mean(cfg, model, NUM_IMAGES)
+    ckpt = torch.load(out, weights_only=True)
+    assert len(count) == 3 and all(c > 0 for c in count) and ckpt["mean_feature_record"]["foreground_regions"] == count
+    for s in range(3):
+        new = ckpt["model"][f"roi_heads.box_predictor.{s}.cls_score.mean_feature"]
+        assert _direction_error(new, ref[s], cfg.MODEL.TDE.NUM_HEADS) < 1e-6, s
 
 
 def test_record_is_shown_when_loaded(estimated):
