@@ -6,8 +6,8 @@ docs/OWN_DATA.md and the tests of ``tools/coco_to_lvis.py``.
 writes ``DIR/images/{train,val}/NNNNNN.png`` (coloured shapes on a grey background) and
 ``DIR/annotations/{train,val}.json``: COCO format, ``file_name`` relative to ``DIR/images``,
 polygon segmentations, category ids that are neither contiguous nor listed in order, a long tail
-of training image counts (``TRAIN_IMAGES``: frequent, common and rare classes in LVIS's sense, one
-class seen in validation only) and a few images without objects.
+of training image counts (``TRAIN_IMAGES``: one frequent, two common and three rare classes in
+LVIS's sense) and some images without objects.
 """
 
 import argparse
@@ -30,7 +30,7 @@ CLASSES = [
     (90, "cyan triangle", (40, 200, 210), "triangle"),
 ]
 # training images per class, in the order of CLASSES: frequent (> 100), common (11-100), rare (<= 10)
-TRAIN_IMAGES = [104, 40, 14, 8, 3, 0]
+TRAIN_IMAGES = [104, 40, 14, 8, 3, 1]
 VAL_IMAGES = [8, 6, 5, 4, 3, 3]
 SIZE = (64, 64)  # width, height
 
