@@ -18,9 +18,14 @@ Prints one line per dataset (OK or PROBLEM); exit status 0 if all is well, 2 if 
 (or the arguments are: one "error:" line), as every tde_det tool.
 """
 
-import argparse
-import os
-import sys
+import warnings
+
+# Third-party warnings a user can do nothing about: fvcore's @torch.jit.script at import (torch >= 2.10).
+warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

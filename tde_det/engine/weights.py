@@ -89,16 +89,19 @@ def check_weights(cfg, evaluate, need_mean=None):
                            "e.g. MODEL.WEIGHTS OUTPUT_DIR/model_final.pth.")
     model = _cpu_model(cfg)
     checkpointer = DetectionCheckpointer(model)
+    found = []
+    checkpointer._log_incompatible_keys = found.append  # fvcore's load() reports what did not fit through it
     with _quiet():
         try:
-            checkpoint = checkpointer._load_file(weights)
+            checkpointer.load(weights, checkpointables=[])
         except Exception as e:  # whatever torch.load / pickle raise on a file that is not a checkpoint
+            text = (str(e).splitlines() or [""])[0]
+            text = text if len(text) <= 100 else text[:100] + "..."
             raise ConfigError(f"MODEL.WEIGHTS {weights!r} cannot be read as a checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}). Give a .pth written by "
-                              "tools/train_net.py or a Detectron2 model-zoo .pkl.") from None
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-            raise ConfigError(f"MODEL.WEIGHTS {weights!r} holds no model state dict.")
-        incompatible = checkpointer._load_model(checkpoint)
+                              f"{text}). Give a .pth written by tools/train_net.py or a Detectron2 model-zoo .pkl.") from None
+    if not found:
+        raise ConfigError(f"MODEL.WEIGHTS {weights!r} holds no model state dict.")
+    incompatible = found[0]
     expected = list(model.state_dict())
     wrong = list(incompatible.incorrect_shapes)
     wrong_keys = {k for k, _, _ in wrong}
