@@ -178,6 +178,17 @@ def test_crowd_annotation_becomes_a_not_exhaustive_class_of_its_image():
     assert partial["images"][0]["neg_category_ids"] == []
 
 
+def test_annotation_without_polygon_gets_its_box_and_a_note():
+    train = _good()
+    train["annotations"][0]["segmentation"] = []  # as labelling tools export boxes
+    del train["annotations"][1]["segmentation"]
+    notes = []
+    out, = convert([("train.json", train)], notes=notes)
+    assert [a["segmentation"] for a in out["annotations"]] == [[[1, 1, 4, 1, 4, 4, 1, 4]], [[2, 2, 6, 2, 6, 6, 2, 6]]]
+    assert notes == ["train.json: 2 annotation(s) without a polygon get their box as polygon; box-only data: "
+                     "train with MODEL.MASK_ON False (mask AP would score boxes)"]
+
+
 def test_partially_labelled_leaves_neg_category_ids_empty(data):
     _, test = convert([(p, json.load(open(p))) for p in data["coco"]], partially_labelled=True)
     assert all(img["neg_category_ids"] == [] for img in test["images"])

@@ -52,11 +52,15 @@ def summary(path, data):
 
 def main(argv=None):
     args = argument_parser().parse_args(argv)
+    notes = []
     with exit_on_user_error(args.debug):
         outputs = convert_files(args.inputs, args.output_dir, rare_max=args.rare_max_images,
-                                common_max=args.common_max_images, partially_labelled=args.partially_labelled)
+                                common_max=args.common_max_images, partially_labelled=args.partially_labelled,
+                                notes=notes)
     for path, data in outputs:
         print(summary(path, data))
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -171,8 +171,15 @@ def lvis_categories(train: dict, rare_max=RARE_MAX, common_max=COMMON_MAX) -> Tu
     return table, new_id
 
 
+def box_polygon(box):
+    """The rectangle [x, y, w, h] as a COCO polygon (as pycocotools' loadRes does for box results)."""
+    x, y, w, h = box
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
 def convert_one(data: dict, categories: List[dict], new_id: Dict[int, int], partially_labelled=False) -> dict:
-    """One COCO-format dict as an LVIS-format dict with the given category table."""
+    """One COCO-format dict as an LVIS-format dict with the given category table. An annotation
+    without a polygon gets its box as polygon (:func:`box_polygon`; LVIS annotations have one)."""
     positive, crowd = {}, {}
     annotations = []
     for a in data["annotations"]:
@@ -182,8 +189,8 @@ def convert_one(data: dict, categories: List[dict], new_id: Dict[int, int], part
             continue
         x, y, w, h = a["bbox"]
         ann = {k: v for k, v in a.items() if k not in ("iscrowd",)}
-        ann.update(id=len(annotations) + 1, category_id=cid, segmentation=a.get("segmentation", []),
-                   area=a.get("area", w * h))
+        segmentation = a.get("segmentation") or box_polygon(a["bbox"])
+        ann.update(id=len(annotations) + 1, category_id=cid, segmentation=segmentation, area=a.get("area", w * h))
         annotations.append(ann)
         positive.setdefault(a["image_id"], set()).add(cid)
     all_ids = [c["id"] for c in categories]
@@ -199,9 +206,10 @@ def convert_one(data: dict, categories: List[dict], new_id: Dict[int, int], part
 
 
 def convert(inputs: Sequence[Tuple[str, dict]], rare_max=RARE_MAX, common_max=COMMON_MAX,
-            partially_labelled=False) -> List[dict]:
+            partially_labelled=False, notes=None) -> List[dict]:
     """LVIS-format dicts for the COCO-format `inputs` [(path, dict), ...]; the first is the training
-    split (its counts give the frequencies). Everything is validated before anything is converted."""
+    split (its counts give the frequencies). Everything is validated before anything is converted.
+    `notes` (a list) receives a line per input with annotations without a polygon."""
     check_thresholds(rare_max, common_max)
     for path, data in inputs:
         validate(path, data)
@@ -209,6 +217,11 @@ def convert(inputs: Sequence[Tuple[str, dict]], rare_max=RARE_MAX, common_max=CO
     for path, data in inputs[1:]:
         _same_vocabulary(train_path, train, path, data)
     categories, new_id = lvis_categories(train, rare_max, common_max)
+    for path, data in inputs:
+        boxes = sum(not a.get("segmentation") and not a.get("iscrowd", 0) for a in data["annotations"])
+        if boxes and notes is not None:
+            notes.append(f"{path}: {boxes} annotation(s) without a polygon get their box as polygon; box-only "
+                         "data: train with MODEL.MASK_ON False (mask AP would score boxes)")
     return [convert_one(data, categories, new_id, partially_labelled) for _, data in inputs]
 
 
@@ -243,9 +256,10 @@ def write_json_files(outputs: Sequence[Tuple[str, dict]]) -> None:
                 os.remove(tmp)
 
 
-def convert_files(input_paths: Sequence[str], output_dir: str, **options) -> List[str]:
+def convert_files(input_paths: Sequence[str], output_dir: str, **options) -> List[Tuple[str, dict]]:
     """Read, validate and convert the COCO-format files `input_paths` (the first: training split)
-    into `output_dir`; nothing is written unless every input is valid. Returns [(output path, dict)]."""
+    into `output_dir`; nothing is written unless every input is valid. Returns [(output path, dict)],
+    and appends to `notes` (a list, optional) what the user should know (see :func:`convert`)."""
     if "rare_max" in options or "common_max" in options:
         check_thresholds(options.get("rare_max", RARE_MAX), options.get("common_max", COMMON_MAX))
     outputs = output_paths(input_paths, output_dir)
