@@ -59,3 +59,30 @@ def test_figure_at_6_and_at_1203_classes(tmp_path):
     assert data["groups"]["plain"]["r"] < data["groups"]["TDE (alpha=1.5)"]["r"] < data["groups"]["ground truth"]["r"]
     example.main([str(tmp_path / "lvis.png")])
     assert_png(tmp_path / "lvis.png")
+
+
+def test_visualize_labels_fit_the_panel_and_stay_inside_the_image():
+    tool = load_script("tools/visualize.py", "tool_visualize_labels")
+    image = np.zeros((96, 64, 3), dtype=np.uint8)  # a demo-sized image, drawn at PANEL_PX
+    from detectron2.structures import Boxes, Instances
+    import torch
+
+    inst = Instances((96, 64), pred_boxes=Boxes(torch.tensor([[40.0, 80.0, 63.0, 95.0]])),
+                     scores=torch.tensor([0.9]), pred_classes=torch.tensor([0]))
+    seen = {}
+
+    def draw(vis):
+        vis.draw_text("a label far too long for this small image", (60.0, 95.0))
+        out = vis.draw_instance_predictions(inst)
+        seen["vis"] = out
+        return out
+
+    drawn = tool.draw_detections(image, None, draw)
+    assert max(drawn.shape[:2]) == pytest.approx(tool.PANEL_PX, abs=1)
+    out = seen["vis"]
+    renderer = out.canvas.get_renderer()
+    assert len(out.ax.texts) == 2
+    for text in out.ax.texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= out.fig.bbox.width and box.y1 <= out.fig.bbox.height
+        assert box.height <= 2 * tool.LABEL_PX  # the text's height in panel pixels, not 10 image pixels x scale

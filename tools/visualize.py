@@ -163,10 +163,42 @@ def load_inputs(cfg, args):
     return out, MetadataCatalog.get(dataset_name) if dataset_name else MetadataCatalog.get("__unused")
 
 
+PANEL_PX = 480  # longer side of one panel in the saved PNG (PANEL_PX / PANEL_DPI inches at PANEL_DPI)
+PANEL_DPI = 150
+LABEL_PX = 9  # height of Detectron2's label text in those pixels: readable, smaller than the demo's objects
+
+
+def draw_detections(image, metadata, draw):
+    """``draw(Visualizer)`` (e.g. ``lambda v: v.draw_instance_predictions(inst)``) at the panel's resolution,
+    its label text LABEL_PX high whatever the image size, every label moved inside the image: RGB array."""
+    scale = PANEL_PX / max(image.shape[:2])
+    vis = Visualizer(image, metadata, scale=scale)
+    vis._default_font_size = LABEL_PX / scale  # Detectron2's default: sqrt(h w) / 90, at least 10 image pixels
+    out = draw(vis)
+    keep_text_inside(out)
+    return out.get_image()
+
+
+def keep_text_inside(vis_image, margin=2):
+    """Shift the text labels of a Detectron2 ``VisImage`` that stick out of the image back inside it."""
+    renderer = vis_image.canvas.get_renderer()
+    width, height = vis_image.fig.bbox.width, vis_image.fig.bbox.height
+    to_data = vis_image.ax.transData
+    for text in vis_image.ax.texts:
+        box = text.get_window_extent(renderer)  # display pixels, origin bottom-left
+        dx = max(0.0, margin - box.x0) - max(0.0, box.x1 + margin - width)
+        dy = max(0.0, margin - box.y0) - max(0.0, box.y1 + margin - height)
+        if dx or dy:
+            x, y = to_data.transform(text.get_position())
+            text.set_position(to_data.inverted().transform((x + dx, y + dy)))
+
+
 def draw_panels(image, panels, path):
     """Save [(title, drawn RGB array)] side by side as one PNG."""
     h, w = image.shape[:2]
-    fig = Figure(figsize=(3.2 * len(panels) * w / max(h, w) + 0.4, 3.4 * h / max(h, w) + 0.4), dpi=150)
+    inches = PANEL_PX / PANEL_DPI
+    fig = Figure(figsize=(inches * len(panels) * w / max(h, w) + 0.4, (inches + 0.2) * h / max(h, w) + 0.4),
+                 dpi=PANEL_DPI)
     for i, (title, img) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         ax.imshow(img)
@@ -328,10 +360,10 @@ def main(args):
         for title, a in (("plain (De-confound)", None), (f"De-confound-TDE, alpha={alpha:g}", alpha)):
             inst = batch.outputs(a)[0]["instances"].to("cpu")
             inst = inst[inst.scores >= args.score_thresh]
-            drawn = Visualizer(image, metadata).draw_instance_predictions(inst).get_image()
+            drawn = draw_detections(image, metadata, lambda v, inst=inst: v.draw_instance_predictions(inst))
             panels.append((f"{title}: {len(inst)} detections", drawn))
         if gt is not None and gt.get("annotations") is not None:
-            panels.append(("ground truth", Visualizer(image, metadata).draw_dataset_dict(gt).get_image()))
+            panels.append(("ground truth", draw_detections(image, metadata, lambda v: v.draw_dataset_dict(gt))))
         written.append(draw_panels(image, panels, os.path.join(output, f"{name}_alpha{alpha:g}.png")))
     print(f"Wrote {len(written)} image(s) to {output}")
     return written
