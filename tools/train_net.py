@@ -10,7 +10,8 @@ Detectron2's usual command line:
     # re-evaluate trained weights with another alpha, or without TDE (De-confound only)
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth MODEL.TDE.ALPHA 2.0
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth MODEL.TDE.INFERENCE plain
-    # continue an interrupted run from OUTPUT_DIR/last_checkpoint
+    # continue an interrupted run from OUTPUT_DIR/last_checkpoint (a run stopped by SIGTERM or
+    # SIGUSR1 saved the iteration it stopped at and exited with status 3; docs/CLUSTER.md)
     python tools/train_net.py --config-file CONFIG --resume
 
 With ``TEST.TDE_EVAL_PLAIN True`` (the demo configs), every evaluation of a TDE model reports
@@ -42,7 +43,7 @@ from tde_det import get_tde_cfg  # noqa: E402  (also registers the TDE heads, de
 from tde_det.data import prepare_dataset  # noqa: E402
 from tde_det.errors import ConfigError  # noqa: E402
 from tde_det.analysis import mean_feature  # noqa: E402
-from tde_det.engine import Trainer, check_config, cli  # noqa: E402
+from tde_det.engine import Trainer, check_config, cli, preemption  # noqa: E402
 
 
 def setup(args):
@@ -121,11 +122,13 @@ if __name__ == "__main__":
         check_launch(args)
         preflight(args)
         logging.getLogger(__name__).info("Command Line Args: %s", args)
-        launch(
-            cli.in_worker(main, args.debug),
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        # SIGTERM / SIGUSR1 to this launcher reach its processes, which save and exit 3 (docs/CLUSTER.md)
+        with preemption.forward_stop_signals(args.num_gpus * args.num_machines > 1):
+            launch(
+                cli.in_worker(main, args.debug),
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )

@@ -6,11 +6,19 @@ fvcore's ``Checkpointer.save`` and ``tag_last_checkpoint`` open the final path w
 the checkpointer's path manager for one whose local writes go to ``<path>.tmp-<pid>`` and are
 moved over ``<path>`` with ``os.replace`` (atomic on POSIX) only after a successful flush+fsync.
 Everything else (reads, ``ls``, ``rm``, remote paths) is passed to the original path manager.
+A save killed before its ``os.replace`` leaves only ``<path>.tmp-<pid>``, which
+:func:`remove_partial_files` deletes (``--resume`` does).
+
+What the trainer adds to its checkpoints (optimizer state, the data stream's position, per-process
+buffers: :mod:`tde_det.engine.preemption`) is ints, lists, dicts and tensors: like Detectron2's own
+entries it loads with ``torch.load(path, weights_only=True)``, which runs no pickled code.
 """
 
+import glob
 import os
+import re
 
-__all__ = ["AtomicWritePathManager", "make_atomic"]
+__all__ = ["AtomicWritePathManager", "make_atomic", "remove_partial_files"]
 
 
 class _AtomicFile:
@@ -68,3 +76,25 @@ def make_atomic(checkpointer):
     if not isinstance(checkpointer.path_manager, AtomicWritePathManager):
         checkpointer.path_manager = AtomicWritePathManager(checkpointer.path_manager)
     return checkpointer
+
+
+def remove_partial_files(directory):
+    """Delete the ``*.tmp-<pid>`` files in `directory` whose writing process is gone (saves that were
+    killed). Returns their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(directory), "*.tmp-*")):
+        match = re.search(r"\.tmp-(\d+)$", path)
+        if match and not _running(int(match.group(1))):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,6 +23,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from ..data.checks import check_datasets
 from ..errors import EXIT_USER_ERROR, UserError, message
+from .preemption import EXIT_STOPPED, TrainingStopped
 from .trainer import check_config
 
 __all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "leave_process_group", "preflight",
@@ -47,7 +48,9 @@ def add_arguments(parser, data_check=True):
 @contextlib.contextmanager
 def exit_on_user_error(debug=False):
     """Turn a UserError raised inside into ``error: ...`` + exit 2 (re-raised with `debug`); a
-    process started by ``launch`` that exited 2 has printed its error: exit 2 as well."""
+    process started by ``launch`` that exited 2 has printed its error: exit 2 as well. A training
+    stopped on a signal after saving (:class:`~tde_det.engine.preemption.TrainingStopped`) exits 3,
+    in every process and in the launcher."""
     try:
         yield
     except UserError as e:
@@ -56,9 +59,12 @@ def exit_on_user_error(debug=False):
         print(f"error: {message(e)}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
     except ProcessExitedException as e:
-        if e.exit_code != USER_ERROR_EXIT:
+        if e.exit_code not in (USER_ERROR_EXIT, EXIT_STOPPED):
             raise
-        sys.exit(USER_ERROR_EXIT)
+        sys.exit(e.exit_code)
+    except TrainingStopped:
+        leave_process_group()
+        sys.exit(EXIT_STOPPED)
 
 
 def usage_error(text):
