@@ -303,9 +303,11 @@ def test_train_net_stops_before_training_or_inference(case, mode, tmp_path):
     assert re.search(pattern, err), err
     assert "Traceback" not in log and "Starting training" not in log and "Start inference" not in log
     assert "Model:" not in log  # stopped before building the model
-    if case == "missing_image" and mode == "eval-only":  # the escape hatch gets past the check (and then fails late, as before)
-        rc, log, _ = _train_net(str(tmp_path), ["--skip-data-check", "--eval-only"], "OUTPUT_DIR", str(tmp_path / "out"))
+    if case == "missing_image" and mode == "train":  # the escape hatch gets past the check (and then fails late)
+        rc, log, err = _train_net(str(tmp_path), ["--skip-data-check"], "SOLVER.MAX_ITER", "1", "OUTPUT_DIR",
+                                  str(tmp_path / "out"))
         assert "data check: skipped (--skip-data-check)" in log and rc != 0 and "Start inference" in log
+        assert re.search(r"^error: image '.*val2017/000000001000\.jpg' cannot be read", err, re.M), err  # names the file
 
 
 def test_train_net_on_sound_data_trains_evaluates_and_writes_strict_json(tmp_path):
@@ -355,7 +357,7 @@ def test_check_lvis_script_prints_one_line_per_dataset(lvis, capsys):
     train, val = _register(lvis, "train"), _register(lvis, "val")
     assert check_lvis.main([train, val]) == 0
     _drop_neg_ids(lvis)  # lvis_v1_val.json: a test set by its name (no "train" in it)
-    assert check_lvis.main([train, val]) == 1
+    assert check_lvis.main([train, val]) == 2  # a user's mistake (tde_det.errors.EXIT_USER_ERROR)
     out = capsys.readouterr().out.splitlines()
     assert out[-3].startswith(f"OK       {train}: 4 image files found, 1203 categories")
     assert out[-2].startswith(f"PROBLEM  {val} (") and "6 of 6 images have no 'neg_category_ids'" in out[-2]

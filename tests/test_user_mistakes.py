@@ -223,7 +223,6 @@ ROWS = [
     Row("empty_test_json/visualize", "visualize", _vis(), NO_IMAGES_TEST, _edit("val", _empty)),
     Row("empty_train_json", "train_net", _train(), r"lvis_v1_train\.json\): the json has no images: nothing to train on",
         _edit("train", _empty)),
-    Row("empty_test_json/subprocess", "train_net", _train(), NO_IMAGES_TEST, _edit("val", _empty), subprocess=True),
     Row("lvis_eval_backend_misspelled", "train_net", _train("TEST.LVIS_EVAL.BACKEND", "lvisapi"),
         r"^error: TEST\.LVIS_EVAL\.BACKEND is 'lvisapi', but it must be 'fast' or 'lvis-api'\."),
     Row("norcal_gamma_negative", "train_net", _train("MODEL.NORCAL.GAMMA", "-1.0"),
