@@ -156,6 +156,9 @@ def require_weights(cfg):
 def preflight(args):
     """Before ``launch``, so before any model is built: config, weights and the data check of
     DATASETS.TEST (``--skip-data-check`` skips the data part)."""
+    if not args.config_file:
+        raise ConfigError("--config-file is required: the config the weights were trained with, e.g. "
+                          "--config-file configs/demo/tde_mask_rcnn_demo.yaml.")
     cfg = get_tde_cfg(args.config_file, args.opts)
     require_weights(cfg)
     cli.preflight(cfg, cfg.DATASETS.TEST, cfg.DATASETS.TEST, skip_data_check=args.skip_data_check, evaluate=True,
