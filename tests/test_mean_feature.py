@@ -198,3 +198,34 @@ def test_bad_input_is_one_error_line(weights, tmp_path, case):
     expected = {"softmax": "softmax model", "zero_images": "--num-images 0", "no_foreground": "No foreground region"}
     assert expected[case] in errors[0]
     assert not out.exists()
+
+
+def _train_recording(momentum, out_dir):
+    """3 iterations of the tiny config at μ = `momentum`, recording the batch means as the study does."""
+    from detectron2.utils.env import seed_all_rng
+
+    study = load_script("studies/tde_mean_choice.py")
+    cfg = get_tde_cfg(TINY, OPTS + ["SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "(2,)",
+                                    "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
+                                    "DATASETS.TEST", "()", "MODEL.TDE.MOMENTUM", str(momentum), "OUTPUT_DIR", str(out_dir)])
+    seed_all_rng(0)
+    trainer = Trainer(cfg)
+    recorder = study.BatchMeanRecorder([trainer.model.roi_heads.box_predictor])
+    trainer.train()
+    return study, trainer.model, recorder.state()
+
+
+def test_mu_changes_only_the_buffer_and_the_record_recomputes_it(tmp_path):
+    """The study's premise: x̄ never enters the loss, so trainings that differ only in μ end with the
+    same weights, and x̄ for any μ is recomputed exactly from the recorded batch means."""
+    study, a, record = _train_recording(0.9, tmp_path / "a")
+    _, b, _ = _train_recording(0.9998, tmp_path / "b")
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        if k != KEY:
+            assert torch.equal(sa[k], sb[k]), k
+    assert record["fg_sum"].shape[0] == 3 and int(record["fg_count"].sum()) > 0
+    for model, mu in ((a, 0.9), (b, 0.9998)):
+        again = study.ema_from_record(record["fg_sum"][:, 0], record["fg_count"][:, 0], mu)
+        assert torch.allclose(again.float(), model.state_dict()[KEY], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(sa[KEY], sb[KEY])
