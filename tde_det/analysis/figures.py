@@ -189,7 +189,8 @@ def plot_prediction_distribution(
     ax.set_xlim(-0.5, num - 0.5)
     if class_names is not None and num <= LABELLED_CLASSES:
         ax.set_xticks(xs)
-        ax.set_xticklabels([class_names[i] for i in order], rotation=60, ha="right", fontsize=7)
+        ax.set_xticklabels([class_names[i] for i in order], rotation=0 if num <= 10 else 60,
+                           ha="center" if num <= 10 else "right", fontsize=7)
         ax.set_xlabel("classes, most training images first")
     else:
         ax.set_xlabel(f"{num} classes, most training images first (rank)")
@@ -197,7 +198,8 @@ def plot_prediction_distribution(
     ax.set_ylabel(f"{what}\n(log; 0 drawn at the bottom)", fontsize=8)
     ax.set_title(title or "Prediction distribution", fontsize=10, pad=16)
     ax.grid(axis="y", alpha=0.3, which="major")
-    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    handles, labels = ax.get_legend_handles_labels()  # below both panels: on a panel it would hide curves
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     if frequency is not None:
         side = fig.add_subplot(grid[0, 1])
         groups = list(next(iter(data["groups"].values())))
@@ -218,5 +220,5 @@ def plot_prediction_distribution(
         side.grid(axis="y", alpha=0.3)
         low = min((v for vals in data["groups"].values() for v in vals.values() if v > 0), default=1e-3)
         side.set_ylim(100 * low / 3, 300)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _save(fig, path)
