@@ -5,7 +5,6 @@ on the generated example of tde_det.data.coco_example; subprocesses, as a user r
 """
 
 import contextlib
-import copy
 import glob
 import io
 import json
@@ -58,7 +57,8 @@ def test_config_keys_register_the_files_with_their_own_vocabulary(example):
     assert meta.evaluator_type == "lvis" and meta.json_file == f"{root}/lvis/val.json"
     assert meta.thing_classes == _by_coco_id([c[1] for c in CLASSES])
     assert meta.coco_ids == sorted(c[0] for c in CLASSES)
-    assert [c["image_count"] for c in MetadataCatalog.get("shapes_train").class_image_count] == _by_coco_id(TRAIN_IMAGES)
+    train_counts = MetadataCatalog.get("shapes_train").class_image_count
+    assert [c["image_count"] for c in train_counts] == _by_coco_id(TRAIN_IMAGES)
     records = DatasetCatalog.get("shapes_val")
     assert len(records) == 24 and all(os.path.isfile(r["file_name"]) for r in records)
     # NorCal's default N_c: the training image counts of DATASETS.TRAIN

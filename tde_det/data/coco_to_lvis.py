@@ -230,7 +230,8 @@ def output_paths(input_paths: Sequence[str], output_dir: str) -> List[str]:
     names = [os.path.basename(p) for p in input_paths]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise ConversionError(f"{input_paths[i]}: two inputs are named {name!r}; the outputs would overwrite each other.")
+            raise ConversionError(f"{input_paths[i]}: two inputs are named {name!r}; the outputs would overwrite "
+                                  "each other.")
     outputs = [os.path.join(output_dir, n) for n in names]
     for src, dst in zip(input_paths, outputs):
         if os.path.exists(dst) and os.path.samefile(src, dst):

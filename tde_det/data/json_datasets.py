@@ -38,7 +38,7 @@ def json_metadata(json_file):
     except ValueError as e:
         raise ConfigError(f"DATASETS.LVIS_JSON.FILES: {json_file} is not valid JSON ({e}).") from None
     cats = data.get("categories") if isinstance(data, dict) else None
-    if not isinstance(cats, list) or not cats or not all(isinstance(c, dict) and "id" in c and "name" in c for c in cats):
+    if not (isinstance(cats, list) and cats and all(isinstance(c, dict) and {"id", "name"} <= c.keys() for c in cats)):
         raise ConfigError(f"DATASETS.LVIS_JSON.FILES: {json_file} has no 'categories' list with 'id' and 'name' "
                           "(an LVIS-format json; tools/coco_to_lvis.py converts COCO-format files).")
     cats = sorted(cats, key=lambda c: c["id"])
