@@ -43,6 +43,13 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
+# Tracing Detectron2's models warns about every Python bool / len of a tensor (~20 lines), and the ONNX
+# export about its legacy exporter (chosen on purpose: dynamo=False). The tool checks the exported
+# model's detections against the eager model's, which is what these warnings ask for.
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
+warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing")
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
