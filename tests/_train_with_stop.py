@@ -3,6 +3,7 @@ collected by pytest: run as a script, with train_net's arguments).
 
     TDE_DET_TEST_STOP_AT=K[:RANK]      rank RANK (default: every rank) sends itself SIGTERM during
                                        iteration K (before its step runs)
+    TDE_DET_TEST_ITER_SLEEP=S          every iteration sleeps S seconds first (time to signal from outside)
     TDE_DET_TEST_SIGNAL_IN_SAVE=NAME   when the stop's checkpoint is being written, after its first
                                        bytes, the process sends itself SIGNAME (TERM: a second stop
                                        signal; KILL: the save dies half-written)
@@ -13,6 +14,7 @@ Without these variables it is tools/train_net.py.
 import os
 import signal
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -24,11 +26,13 @@ from tde_det.engine import Trainer, checkpoint, cli, preemption  # noqa: E402
 
 STOP_AT = os.environ.get("TDE_DET_TEST_STOP_AT")
 SIGNAL_IN_SAVE = os.environ.get("TDE_DET_TEST_SIGNAL_IN_SAVE")
+ITER_SLEEP = float(os.environ.get("TDE_DET_TEST_ITER_SLEEP", 0))
 _run_step = Trainer.run_step
 
 
 def run_step(self):
-    iteration, _, rank = STOP_AT.partition(":")
+    time.sleep(ITER_SLEEP)
+    iteration, _, rank = (STOP_AT or "-1").partition(":")
     if self.iter == int(iteration) and (not rank or int(rank) == comm.get_rank()):
         os.kill(os.getpid(), signal.SIGTERM)
     return _run_step(self)
@@ -45,7 +49,7 @@ def write(self, data):
 
 
 # At import, so that the processes started by launch (which re-import this file) do it too.
-if STOP_AT:
+if STOP_AT or ITER_SLEEP:
     Trainer.run_step = run_step
 if SIGNAL_IN_SAVE:
     checkpoint._AtomicFile.write = write
