@@ -261,6 +261,7 @@ ROWS = [
         r"^error: in the trailing KEY VALUE overrides: MODEL\.TDE\.ALPHA takes a float, got -1 \(an int\): write -1\.0$",
         subprocess=True),
     Row("no_config_file", "train_net", lambda c: c.opts(), r"^error: --config-file is required", subprocess=True),
+    Row("no_config_file/sweep", "sweep_alpha", lambda c: ["--alphas", "0"] + c.opts(), r"^error: --config-file is required"),
     Row("weights_of_another_architecture/eval_only", "train_net", _eval(weights="other_arch"),
         r"^error: MODEL\.WEIGHTS '.*other_arch\.pth' does not fit this model: of its \d+ tensors, \d+ have another "
         r"shape \(e\.g\. 'backbone\.[^']*': \([\d, ]+\) in the file, \([\d, ]+\) in the model\)"),
