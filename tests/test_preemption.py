@@ -171,8 +171,9 @@ def _env(data_root, **extra):
     return dict(os.environ, DETECTRON2_DATASETS=data_root, OMP_NUM_THREADS="1", **extra)
 
 
-def _train(data_root, out, *opts, script=TRAIN_NET, resume=False, python=sys.executable, env=None):
-    proc = subprocess.run([python, script, *(["--resume"] if resume else []), *RUN, "OUTPUT_DIR", str(out), *opts],
+def _train(data_root, out, *opts, script=TRAIN_NET, resume=False, flags=(), env=None):
+    proc = subprocess.run([sys.executable, script, *(["--resume"] if resume else []), *flags, *RUN, "OUTPUT_DIR", str(out),
+                           *opts],
                           cwd=REPO, env=env or _env(data_root), capture_output=True, text=True, timeout=TIMEOUT)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -193,8 +194,8 @@ def _last_checkpoint(out):
     return name, torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)
 
 
-def _resume_and_compare(data_root, out, reference, *opts):
-    rc, log = _train(data_root, out, *opts, resume=True)
+def _resume_and_compare(data_root, out, reference, *opts, flags=()):
+    rc, log = _train(data_root, out, *opts, resume=True, flags=flags)
     assert rc == 0, log[-3000:]
     _assert_same_weights(_final(out), reference)
     return log
@@ -272,14 +273,14 @@ def test_two_processes_stopped_by_one_rank_and_resumed(data_root, tmp_path):
     iteration; the resumed run equals its uninterrupted twin (BatchNorm statistics per rank included)."""
     if not load_script("tools/train_net.py")._launcher_runs_without_cuda() or torch.cuda.is_available():
         pytest.skip("several CPU processes need upstream detectron2's launch (gloo); v0.6's needs CUDA")
-    two = ["--num-gpus", "2", "DATALOADER.NUM_WORKERS", "0"]
-    rc, log = _train(data_root, tmp_path / "twin", *two)
+    two = dict(flags=["--num-gpus", "2"])
+    rc, log = _train(data_root, tmp_path / "twin", "DATALOADER.NUM_WORKERS", "0", **two)
     assert rc == 0, log[-3000:]
     env = _env(data_root, TDE_DET_TEST_STOP_AT="2:1")
-    rc, log = _train(data_root, tmp_path / "stopped", *two, script=WRAPPER, env=env)
+    rc, log = _train(data_root, tmp_path / "stopped", "DATALOADER.NUM_WORKERS", "0", script=WRAPPER, env=env, **two)
     assert rc == 3 and "Traceback" not in log, log[-3000:]
     name, ckpt = _last_checkpoint(tmp_path / "stopped")
     resume = ckpt["trainer"]["hooks"]["ResumeState"]
     assert name == "model_0000002.pth" and resume["world_size"] == 2 and len(resume["data"]["ranks"]) == 2
     assert any(resume["rank_buffers"])  # each rank's own BatchNorm statistics (the model holds their mean)
-    _resume_and_compare(data_root, tmp_path / "stopped", _final(tmp_path / "twin"), *two)
+    _resume_and_compare(data_root, tmp_path / "stopped", _final(tmp_path / "twin"), "DATALOADER.NUM_WORKERS", "0", **two)
