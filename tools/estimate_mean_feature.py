@@ -16,7 +16,6 @@ import warnings
 
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")  # fvcore's @torch.jit.script at import (torch >= 2.10)
 
-import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -34,8 +33,6 @@ from tde_det.engine import Trainer, cli  # noqa: E402
 from tde_det.engine.trainer import is_tde_model  # noqa: E402
 from tde_det.errors import ConfigError  # noqa: E402
 from train_net import check_launch  # noqa: E402
-
-logger = logging.getLogger("tde_det.estimate_mean_feature")
 
 
 def num_images(text):
@@ -80,7 +77,8 @@ def preflight(args):
         raise ConfigError(f"--output {args.output}: the directory {out_dir} does not exist; create it first.")
     if not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: x̄ is measured on the first training data set.")
-    cli.preflight(cfg, [cfg.DATASETS.TRAIN[0]], skip_data_check=args.skip_data_check)
+    cli.preflight(cfg, [cfg.DATASETS.TRAIN[0]], skip_data_check=args.skip_data_check, evaluate=True, need_mean=False,
+                  decode=getattr(args, "decode_images", False), world_size=args.num_gpus * args.num_machines)
 
 
 def read_checkpoint(path):

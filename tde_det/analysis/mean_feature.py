@@ -23,6 +23,7 @@ json-able record of how x̄ was made (loadable with ``torch.load(weights_only=Tr
 
 import datetime
 import logging
+import os
 import time
 
 import torch
@@ -197,8 +198,6 @@ def write_checkpoint(checkpoint, means, record, path):
 
     `checkpoint`: the loaded input checkpoint ({"model": state_dict, ...}); only its x̄ tensors change
     (same dtype); its other entries (optimizer, iteration) are not copied."""
-    import os
-
     state = dict(checkpoint["model"])
     keys = mean_feature_keys(state)
     for s, key in enumerate([mean_key(len(means), s) for s in range(len(means))]):
