@@ -31,7 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(REPO, "tests", "_train_with_stop.py")
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 # 6 iterations, periodic checkpoints after iterations 1, 3, 5; no evaluation
-RUN = ["--config-file", TINY, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", *FAST[:-2]]
+RUN = ["--config-file", TINY, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
+       *FAST[:-2]]
 TIMEOUT = 300
 
 
@@ -114,8 +115,8 @@ def test_loader_groups_like_detectron2_skips_none_and_leaves_the_training_rng_al
     batches = _summary(itertools.islice(_loader(), 12))
     assert torch.equal(torch.get_rng_state(), before)  # the main process's draws are not consumed
     # Detectron2's grouping of the same samples, in the sampler's order, the None ones dropped
-    samples = [s for s in map(_mapper, (_dataset()[i] for i in itertools.islice(iter(TrainingSampler(17, seed=3)), 40)))
-               if s is not None]
+    order = itertools.islice(iter(TrainingSampler(17, seed=3)), 40)
+    samples = [s for s in map(_mapper, (_dataset()[i] for i in order)) if s is not None]
     d2 = [[d["id"] for d in b] for b in itertools.islice(iter(AspectRatioGroupedDataset(samples, 2)), 12)]
     assert [[i for i, _ in b] for b in batches] == d2
     assert 5 not in {i for b in batches for i, _ in b}
@@ -283,4 +284,5 @@ def test_two_processes_stopped_by_one_rank_and_resumed(data_root, tmp_path):
     resume = ckpt["trainer"]["hooks"]["ResumeState"]
     assert name == "model_0000002.pth" and resume["world_size"] == 2 and len(resume["data"]["ranks"]) == 2
     assert any(resume["rank_buffers"])  # each rank's own BatchNorm statistics (the model holds their mean)
-    _resume_and_compare(data_root, tmp_path / "stopped", _final(tmp_path / "twin"), "DATALOADER.NUM_WORKERS", "0", **two)
+    _resume_and_compare(data_root, tmp_path / "stopped", _final(tmp_path / "twin"), "DATALOADER.NUM_WORKERS", "0",
+                        **two)

@@ -87,7 +87,8 @@ def reshard(states, world_size):
     if any(s["step"] != old for s in states) or len({s["next"] % old for s in states}) != old:
         raise ValueError("inconsistent data-loader states: the ranks' positions do not cover the stream")
     tail_start = max(s["next"] for s in states)
-    rest = sorted([p for s in states for p in s["head"]] + [p for s in states for p in range(s["next"], tail_start, s["step"])])
+    rest = sorted([p for s in states for p in s["head"]]
+                  + [p for s in states for p in range(s["next"], tail_start, s["step"])])
     new = []
     for r in range(world_size):
         first_tail = r + world_size * max(0, -(-(len(rest) - r) // world_size))  # first index >= len(rest) of r's shard

@@ -128,6 +128,7 @@ class ResumeState(HookBase):
         self._gathered = None  # (iteration, [rank states], [rank buffers] or None)
         self._rank_buffers = None  # this rank's own buffers to restore after loading a checkpoint
         self._cuda = torch.cuda.is_available()
+        self._loaded = False
 
     def before_step(self):
         seed_rngs(sample_seed(self._loader.seed, 1, comm.get_rank(), self.trainer.iter), cuda=self._cuda)
@@ -169,12 +170,17 @@ class ResumeState(HookBase):
     def load_state_dict(self, state):
         if "data" not in state:
             return
+        self._loaded = True
         self._loader.load_stream_state_dict(state["data"])
         same_world = state["world_size"] == comm.get_world_size()
         self._rank_buffers = state["rank_buffers"][comm.get_rank()] if same_world and state["rank_buffers"] else None
 
-    def restore_rank_buffers(self):
-        """After the checkpoint is loaded: this rank's own buffers, where the checkpoint holds them."""
+    def restore_rank_buffers(self, resumed=True):
+        """After the checkpoint is loaded (`resumed`: a training checkpoint was): this rank's own
+        buffers, where the checkpoint holds them; a warning if it held no data-loader position."""
+        if resumed and not self._loaded:
+            logger.warning("The checkpoint holds no data-loader position (written without tde_det's ResumeState): the "
+                           "training data stream starts from its beginning, unlike in an uninterrupted run.")
         if self._rank_buffers:
             buffers = dict(_inner(self._model).named_buffers())
             with torch.no_grad():

@@ -38,7 +38,7 @@ from collections import OrderedDict
 
 import detectron2.engine.defaults
 import torch
-from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator
@@ -270,15 +270,14 @@ class Trainer(DefaultTrainer):
         trainer, which saves iteration and hook states but not the optimizer's) resumes here too, with
         the iteration and LR schedule from the checkpoint and a fresh optimizer state -- as v0.6 itself
         resumes."""
-        v06 = DefaultTrainer.load_state_dict is TrainerBase.load_state_dict
-        if "_trainer" in state_dict and v06:
-            TrainerBase.load_state_dict(self, state_dict)
+        if "_trainer" in state_dict:
+            if DefaultTrainer.load_state_dict is not TrainerBase.load_state_dict:
+                return super().load_state_dict(state_dict)
+            TrainerBase.load_state_dict(self, state_dict)  # detectron2 v0.6: the optimizer is ours to load
             return self._trainer.load_state_dict(state_dict["_trainer"])
-        if "_trainer" in state_dict or v06:
-            return super().load_state_dict(state_dict)
         logger.warning(
-            "The checkpoint has no optimizer state (no '_trainer' entry: written by detectron2 v0.6, which does "
-            "not save it). Resuming from its iteration, LR schedule and weights with a fresh optimizer state "
+            "The checkpoint has no optimizer state (no '_trainer' entry: written by detectron2 v0.6's trainer, which "
+            "does not save it). Resuming from its iteration, LR schedule and weights with a fresh optimizer state "
             "(e.g. SGD momentum), as detectron2 v0.6 itself would."
         )
         TrainerBase.load_state_dict(self, state_dict)
@@ -311,7 +310,7 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         for h in self._hooks:
             if isinstance(h, preemption.ResumeState):
-                h.restore_rank_buffers()
+                h.restore_rank_buffers(resumed=resume and self.checkpointer.has_checkpoint())
 
     @classmethod
     def build_train_loader(cls, cfg):
