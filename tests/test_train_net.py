@@ -17,6 +17,8 @@ import torch
 from detectron2.engine import default_argument_parser
 from helpers import load_script
 
+from tde_det.errors import ConfigError
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "demo", "tde_mask_rcnn_tiny.yaml")
 FAST = ["TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "DATALOADER.NUM_WORKERS", "0"]
@@ -186,7 +188,7 @@ def test_two_cpu_processes_train_with_the_same_synced_mean(data_root, tmp_path):
     the same parameters and the same x̄, which is the moving average of the GLOBAL fg mean."""
     train_net = _train_net()
     if not train_net._launcher_runs_without_cuda():
-        with pytest.raises(SystemExit, match="supports only CUDA GPUs"):
+        with pytest.raises(ConfigError, match="supports only CUDA GPUs"):  # one "error:" line, exit 2
             train_net.check_launch(default_argument_parser().parse_args(["--num-gpus", "2"]))
         pytest.skip("this detectron2's launch() (v0.6) starts several processes only on CUDA GPUs (NCCL); "
                     "train_net.py refuses --num-gpus 2 on the CPU (checked)")
@@ -284,7 +286,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
 def test_several_processes_without_cuda_is_a_clear_error(monkeypatch):
     train_net = _train_net()
     monkeypatch.setattr(train_net, "_launcher_runs_without_cuda", lambda: False)
-    with pytest.raises(SystemExit, match="--num-gpus 2 .*CUDA is not available.*--num-gpus 1"):
+    with pytest.raises(ConfigError, match="--num-gpus 2 .*CUDA is not available.*--num-gpus 1"):  # error: line, exit 2
         train_net.check_launch(default_argument_parser().parse_args(["--num-gpus", "2"]))
     train_net.check_launch(default_argument_parser().parse_args(["--num-gpus", "1"]))  # fine
 

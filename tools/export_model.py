@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import build_detection_test_loader, detection_utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import GeneralizedRCNN, build_model  # noqa: E402
+from detectron2.modeling import ROI_HEADS_REGISTRY, GeneralizedRCNN, build_model  # noqa: E402
 from detectron2.modeling.roi_heads import CascadeROIHeads  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
@@ -105,6 +105,11 @@ def get_parser():
     return parser
 
 
+_NO_SCRIPTING = ("{heads} cannot be scripted (Detectron2's CascadeROIHeads indexes its stages' module lists with a "
+                 "loop variable, which TorchScript does not support): use --export-method tracing (--format "
+                 "torchscript or onnx).")
+
+
 def check_args(args, cfg):
     if args.export_method == "scripting" and args.format != "torchscript":
         raise UsageError("--export-method scripting gives TorchScript only: use --format torchscript, or "
@@ -121,14 +126,17 @@ def check_args(args, cfg):
         raise UsageError(f"--sample-image {args.sample_image!r} cannot be read ({problem}).")
     if args.sample_image is None and not cfg.DATASETS.TEST:
         raise UsageError("DATASETS.TEST is empty: give --sample-image FILE.")
-    # the config's values and device, the test set the sample comes from, the weights (fit, trained x̄)
-    names = [] if args.sample_image is not None else list(cfg.DATASETS.TEST[:1])
-    cli.preflight(cfg, names, names, evaluate=True)
     if args.format == "onnx":
         try:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise UsageError(f"--format onnx needs onnx and onnxruntime ({e}); install requirements.txt.") from None
+    heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME) if cfg.MODEL.ROI_HEADS.NAME in ROI_HEADS_REGISTRY else None
+    if args.export_method == "scripting" and isinstance(heads, type) and issubclass(heads, CascadeROIHeads):
+        raise UsageError(_NO_SCRIPTING.format(heads=heads.__name__))
+    # the config's values and device, the test set the sample comes from, the weights (fit, trained x̄)
+    names = [] if args.sample_image is not None else list(cfg.DATASETS.TEST[:1])
+    cli.preflight(cfg, names, names, evaluate=True)
 
 
 def load_model(cfg, args):
@@ -137,11 +145,7 @@ def load_model(cfg, args):
         raise UsageError(f"tools/export_model.py exports GeneralizedRCNN models; MODEL.META_ARCHITECTURE is "
                          f"{cfg.MODEL.META_ARCHITECTURE!r}.")
     if args.export_method == "scripting" and isinstance(model.roi_heads, CascadeROIHeads):
-        raise UsageError(
-            f"{type(model.roi_heads).__name__} cannot be scripted (Detectron2's CascadeROIHeads indexes its "
-            "stages' module lists with a loop variable, which TorchScript does not support): use "
-            "--export-method tracing (--format torchscript or onnx)."
-        )
+        raise UsageError(_NO_SCRIPTING.format(heads=type(model.roi_heads).__name__))
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
