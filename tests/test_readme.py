@@ -114,3 +114,24 @@ def test_tools_console_is_quiet_and_the_config_goes_to_the_log(tmp_path):
     log = (out / "log.txt").read_text()
     assert "Running with full config" in log and "Environment info" in log and "GeneralizedRCNN(" in log
     assert "MODEL:" in (out / "config.yaml").read_text()
+
+
+def test_console_filter_keeps_warnings_and_drops_only_what_it_names():
+    import logging
+
+    from tde_det.engine import cli
+
+    def record(name, level, msg):
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    keep = cli._FileOnly()
+    table = record("detectron2.evaluation.lvis_evaluation", logging.INFO, "Evaluation results for bbox")
+    assert keep.filter(table) and keep.filter(record("detectron2", logging.INFO, "Full config saved to x"))
+    assert not keep.filter(record("detectron2", logging.INFO, "Running with full config:\nMODEL: ..."))
+    cli.info_to_file_only("detectron2.evaluation")
+    try:
+        assert not keep.filter(table)
+        assert keep.filter(record("detectron2.evaluation.lvis_evaluation", logging.WARNING, "No predictions!"))
+        assert keep.filter(record("detectron2.evaluationx", logging.INFO, "another logger"))
+    finally:
+        cli._FILE_ONLY_LOGGERS.remove("detectron2.evaluation")

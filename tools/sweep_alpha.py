@@ -139,6 +139,7 @@ def setup(args):
     cfg.OUTPUT_DIR = args.output or os.path.join(cfg.OUTPUT_DIR, "alpha_sweep")
     cfg.freeze()
     cli.default_setup(cfg, args)  # Detectron2's, its config dump and environment in OUTPUT_DIR/log.txt only
+    cli.info_to_file_only("detectron2.evaluation")  # each setting's evaluator tables: log.txt (one table printed)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
     check_config(cfg, list(cfg.DATASETS.TEST))
     require_weights(cfg)
@@ -193,8 +194,7 @@ def report(cfg, args, dataset_name, result):
     out = cfg.OUTPUT_DIR
     rows = result.rows()
     table = format_sweep_table(rows, result.mean_cos, result.heuristic_alpha)
-    logger.info("Alpha sweep on %s:\n%s", dataset_name, table)
-    print(f"\nAlpha sweep on {dataset_name} (AP* = mask AP, APbox = box AP):\n{table}\n", flush=True)
+    logger.info("Alpha sweep on %s (AP* = mask AP, APbox = box AP):\n%s\n", dataset_name, table)
     record = result.to_json()
     record.update(dataset=dataset_name, weights=cfg.MODEL.WEIGHTS, config_file=args.config_file)
     paths = {"json": os.path.join(out, f"alpha_sweep_{dataset_name}.json")}

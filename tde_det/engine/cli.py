@@ -27,7 +27,7 @@ from .preemption import EXIT_STOPPED, TrainingStopped
 from .trainer import check_config
 
 __all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "leave_process_group", "preflight",
-           "check_weights", "default_setup", "FILE_ONLY_RECORDS"]
+           "check_weights", "default_setup", "FILE_ONLY_RECORDS", "info_to_file_only"]
 
 USER_ERROR_EXIT = EXIT_USER_ERROR  # 2, as argparse's usage errors (tde_det/errors.py: every status)
 
@@ -129,11 +129,24 @@ def preflight(cfg, dataset_names, test_names=(), *, skip_data_check=False, weigh
 FILE_ONLY_RECORDS = ("Environment info:", "Contents of args.config_file=", "Running with full config:", "Model:\n")
 
 
+_FILE_ONLY_LOGGERS = []  # info records of these loggers (and their children) stay off the console too
+
+
 class _FileOnly(logging.Filter):
-    """Drops the records in FILE_ONLY_RECORDS (attached to console handlers only)."""
+    """Drops the records in FILE_ONLY_RECORDS, and info records of the loggers given to
+    :func:`info_to_file_only` (attached to console handlers only)."""
 
     def filter(self, record):
+        if record.levelno <= logging.INFO and any(
+                record.name == n or record.name.startswith(n + ".") for n in _FILE_ONLY_LOGGERS):
+            return False
         return not str(record.msg).startswith(FILE_ONLY_RECORDS)
+
+
+def info_to_file_only(logger_name):
+    """From now on, the info records of `logger_name` go to OUTPUT_DIR/log.txt only (warnings still reach
+    the console); e.g. the per-setting evaluation tables of the α sweep, which prints one table of all."""
+    _FILE_ONLY_LOGGERS.append(logger_name)
 
 
 def default_setup(cfg, args):
