@@ -280,7 +280,8 @@ ROWS = [
     Row("json/duplicate_annotation_ids", "train_net", _train(), r"annotation ids occur more than once: 10",
         _edit("train", lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]))),
     Row("json/annotation_of_no_image", "train_net", _train(),
-        r"1 annotation\(s\) refer to image ids that are not in 'images'", _edit("train", _set(("annotations", 0, "image_id"), 99999))),
+        r"1 annotation\(s\) refer to image ids that are not in 'images'",
+        _edit("train", _set(("annotations", 0, "image_id"), 99999))),
     Row("json/xyxy_box", "train_net", _train(),
         r"1 annotation bbox\(es\) outside the image: bbox is \[x, y, width, height\] in pixels; \[x0, y0, x1, y1\] is a "
         r"common conversion mistake", _edit("train", _xyxy_box)),
@@ -312,7 +313,8 @@ ROWS = [
         r"^error: DATALOADER\.SAMPLER_TRAIN is 'RepeatFactorSampler', but it must be TrainingSampler or"),
     Row("batch_size_zero", "train_net", _train("SOLVER.IMS_PER_BATCH", "0"), r"^error: SOLVER\.IMS_PER_BATCH is 0"),
     Row("class_counts_missing", "sweep_alpha", lambda c: ["--config-file", TINY, "--alphas", "0", "--gammas", "0.5"]
-        + c.opts("MODEL.NORCAL.CLASS_COUNTS", "counts.json"), r"^error: MODEL\.NORCAL\.CLASS_COUNTS is 'counts\.json', but it must be an existing json"),
+        + c.opts("MODEL.NORCAL.CLASS_COUNTS", "counts.json"),
+        r"^error: MODEL\.NORCAL\.CLASS_COUNTS is 'counts\.json', but it must be an existing json"),
     Row("alpha_negative/visualize", "visualize", _vis("--alpha", "-1"),
         r"^error: --alpha must be >= 0"),
     # -- more weights --
@@ -363,7 +365,8 @@ def _context(sound_data, weights, tmp_path, row):
     train, val = f"{tag}_lvis_v1_train", f"{tag}_lvis_v1_val"
     meta = get_lvis_instances_meta("lvis_v1")
     for name, split in ((train, "train"), (val, "val")):
-        register_lvis_instances(name, meta, os.path.join(root, "lvis", f"lvis_v1_{split}.json"), os.path.join(root, "coco", ""))
+        register_lvis_instances(name, meta, os.path.join(root, "lvis", f"lvis_v1_{split}.json"),
+                                os.path.join(root, "coco", ""))
     ctx = Context(root, train, val, weights, str(tmp_path / "out"))
     # a subprocess registers its datasets at start-up: it reads the builtin names under DETECTRON2_DATASETS
     ctx.data_builtin = {f'("{train}",)': '("lvis_v1_train",)', f'("{val}",)': '("lvis_v1_val",)',

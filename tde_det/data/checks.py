@@ -224,7 +224,8 @@ def json_problems(data, fmt, is_train=False, is_test=False):
         return problems + ["'annotations' is not a list"]
     file_key = "coco_url" if fmt == "lvis" else "file_name"
     bad_records = [img.get("id") if isinstance(img, dict) else img for img in images
-                   if not (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get(file_key), str)
+                   if not (isinstance(img, dict) and isinstance(img.get("id"), int)
+                           and isinstance(img.get(file_key), str)
                            and all(_number(img.get(k)) and img[k] > 0 and img[k] == int(img[k])
                                    for k in ("height", "width")))]
     if bad_records:
@@ -268,7 +269,8 @@ def _annotation_problems(annotations, images_by_id, fmt):
     annotations = [a for a in annotations if isinstance(a, dict) and all(k in a for k in required)]
     dup = _duplicates([a["id"] for a in annotations])
     if dup:
-        problems.append(f"annotation ids occur more than once: {_examples(dup)}; Detectron2's loader requires unique ids")
+        problems.append(f"annotation ids occur more than once: {_examples(dup)}; "
+                        "Detectron2's loader requires unique ids")
     dangling = [a["id"] for a in annotations if a["image_id"] not in images_by_id]
     if dangling:
         problems.append(f"{len(dangling)} annotation(s) refer to image ids that are not in 'images' "

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 # What reading an image can raise: PIL's UnidentifiedImageError and "image file is truncated" are
 # OSErrors, some corrupt PNGs raise SyntaxError, Detectron2's check_image_size a SizeMismatchError.
 READ_ERRORS = (OSError, SyntaxError, SizeMismatchError, Image.DecompressionBombError)
-DECODE_THREADS = max(1, min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+DECODE_THREADS = max(1, min(32, _CPUS))
 _EXIF_ORIENTATION = 0x0112  # orientations 5-8 swap width and height (Detectron2 applies them)
 CHECK_HINT = "`python datasets/check_lvis.py --decode` lists every unreadable image of the data sets"
 

@@ -77,7 +77,8 @@ def check_weights(cfg, evaluate, need_mean=None):
     if not weights:
         if evaluate:
             raise ConfigError("MODEL.WEIGHTS is empty: evaluating needs trained weights. Add the override "
-                              "MODEL.WEIGHTS path/to/model_final.pth (e.g. OUTPUT_DIR/model_final.pth of a training run).")
+                              "MODEL.WEIGHTS path/to/model_final.pth (e.g. OUTPUT_DIR/model_final.pth of a "
+                              "training run).")
         return
     if "://" in weights:
         return
@@ -98,7 +99,8 @@ def check_weights(cfg, evaluate, need_mean=None):
             text = (str(e).splitlines() or [""])[0]
             text = text if len(text) <= 100 else text[:100] + "..."
             raise ConfigError(f"MODEL.WEIGHTS {weights!r} cannot be read as a checkpoint ({type(e).__name__}: "
-                              f"{text}). Give a .pth written by tools/train_net.py or a Detectron2 model-zoo .pkl.") from None
+                              f"{text}). Give a .pth written by tools/train_net.py or a Detectron2 model-zoo "
+                              ".pkl.") from None
     if not found:
         raise ConfigError(f"MODEL.WEIGHTS {weights!r} holds no model state dict.")
     incompatible = found[0]
