@@ -251,6 +251,20 @@ def save_results(path, data):
     os.replace(tmp, path)
 
 
+TABLE_BEGIN, TABLE_END = "<!-- tde_mean_choice tables: begin -->", "<!-- tde_mean_choice tables: end -->"
+
+
+def update_doc(path, tables):
+    """Replace the text between the two markers in `path` by `tables`."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+    if start < 0 or end < start:
+        sys.exit(f"error: {path} has no '{TABLE_BEGIN}' ... '{TABLE_END}' block; add the two lines where the tables go.")
+    with open(path, "w") as f:
+        f.write(text[: start + len(TABLE_BEGIN)] + "\n\n" + tables + "\n\n" + text[end:])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -259,6 +273,8 @@ def main(argv=None):
     parser.add_argument("--output", default=str(DEFAULT_JSON), help="the results JSON (default: %(default)s)")
     parser.add_argument("--train-only", action="store_true", help="train (and record) only")
     parser.add_argument("--table", action="store_true", help="print the tables of the results JSON and exit")
+    parser.add_argument("--update-doc", metavar="MD", help="with --table: also write them into MD between the "
+                        "tde_mean_choice markers (docs/RESULTS.md)")
     parser.add_argument("--train-unit", type=int, metavar="SEED", help=argparse.SUPPRESS)
     parser.add_argument("--eval-unit", type=int, metavar="SEED", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,7 +289,10 @@ def main(argv=None):
         save_results(args.output, data)
         return 0
     if args.table:
-        print(format_tables(load_results(args.output)))
+        tables = format_tables(load_results(args.output))
+        if args.update_doc:
+            update_doc(args.update_doc, tables)
+        print(tables)
         return 0
     return drive(args)
 
@@ -350,6 +369,13 @@ def format_tables(data):
         name = label.get(key, f"TDE α = {PAPER_ALPHA}")
         cells = [_mean_std([m[k] for m in by_seed.values() if m[k] is not None]) for k in METRICS]
         lines.append(f"| {name} | {key[1] or '-'} | {len(by_seed)} | " + " | ".join(cells) + " |")
+    seeds_all = sorted({s for by_seed in rows.values() for s in by_seed})
+    lines += ["", "AP per seed (" + ", ".join(str(s) for s in seeds_all) + "):", ""]
+    for key in order:
+        by_seed = rows.get(key, {})
+        if by_seed:
+            lines.append(f"- {label.get(key, 'TDE ' + str(key[1]))}: " + " / ".join(
+                f"{by_seed[s]['AP']:.1f}" if s in by_seed else "-" for s in seeds_all))
     ref = rows.get(("tde", "ema_0.9"), {})
     lines += ["", "Paired differences to TDE with x̄ = ema_0.9 (same weights, same seed), mean ± std over seeds:", "",
               "| x̄ | seeds | " + " | ".join(f"Δ{k}" for k in METRICS) + " |", "|---|---:|" + "---:|" * len(METRICS)]
