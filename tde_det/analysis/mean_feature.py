@@ -156,7 +156,9 @@ def estimate_mean_features(cfg, model, num_images=None, batch_size=1, progress_e
     finally:
         model.train(was_training)
     if world > 1 and dist.is_available() and dist.is_initialized():
+        stats = stats.to(model.device)  # NCCL reduces CUDA tensors only; gloo CPU ones
         dist.all_reduce(stats)
+        stats = stats.cpu()
     counts = [int(c) for c in stats[:, dim].tolist()]
     for s, n in enumerate(counts):
         if n == 0:
