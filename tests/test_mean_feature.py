@@ -152,12 +152,19 @@ def test_cascade_every_stage_equals_the_definition(tmp_path):
         assert _direction_error(new, ref[s], cfg.MODEL.TDE.NUM_HEADS) < 1e-6, s
 
 
-def test_record_is_shown_when_loaded(estimated):
+def test_record_is_shown_when_loaded(estimated, tmp_path):
+    """--eval-only prints how the checkpoint's x̄ was made (tools/sweep_alpha.py loads it the same way)."""
     from tde_det.analysis.mean_feature import describe_record
 
     line = describe_record(torch.load(estimated[0], weights_only=True))
     assert line.startswith(f"x̄ of these weights: exact mean over the first {NUM_IMAGES} images of {TRAIN}")
     assert describe_record({"model": {}}) is None
+    env = dict(os.environ, DETECTRON2_DATASETS=_data_root(), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY, "--eval-only",
+                           "MODEL.WEIGHTS", estimated[0], "OUTPUT_DIR", str(tmp_path), "TEST.DETECTIONS_PER_IMAGE", "20",
+                           *OPTS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert line in proc.stdout + proc.stderr
 
 
 def test_two_processes_equal_one(weights, estimated, tmp_path):
