@@ -334,6 +334,8 @@ def drive(args):
             print(f"[tde_mean_choice] evaluation of seed {seed} FAILED (exit {rc}); see {log}", flush=True)
             return 1
         print(f"[tde_mean_choice] {time.strftime('%H:%M:%S')} evaluated seed {seed}", flush=True)
+    print(f"[tde_mean_choice] seeds {args.seeds}: trained" + ("" if args.train_only else f" and evaluated, in {args.output}")
+          + "; tables: studies/tde_mean_choice.py --table", flush=True)
     return 0
 
 
