@@ -9,7 +9,9 @@ included. With these hooks (registered by :class:`~tde_det.engine.trainer.Traine
   (:func:`ignore_stop_signals`) and are shut down by their process; a launcher of several processes
   passes it on to them (:func:`forward_stop_signals`);
 - :class:`StopOnSignal` (the last hook) ends every iteration with one all-reduce (MAX) of the flag
-  over a gloo group, so all processes agree on the same iteration; then rank 0 writes one checkpoint
+  over a gloo group, so all processes agree on the same iteration (the all-reduce runs during the
+  next iteration, whose end acts on it: with several processes a stop comes one iteration later
+  and costs no wait); then rank 0 writes one checkpoint
   of it (atomic: :mod:`tde_det.engine.checkpoint`; ``last_checkpoint`` updated), every process waits
   for it and :class:`TrainingStopped` ends training; the tools exit with :data:`EXIT_STOPPED` (3).
   A signal during the save sets the flag again and nothing else;
@@ -198,6 +200,7 @@ class StopOnSignal(HookBase):
         self._period = checkpoint_period
         self._previous = None
         self._group = None
+        self._pending = None  # (work, tensor) of the all-reduce in flight
 
     def before_train(self):
         _received.clear()
@@ -210,18 +213,32 @@ class StopOnSignal(HookBase):
             restore_handlers(self._previous)
             self._previous = None
 
-    def agree(self):
-        """The stop signal of any process (its number; 0: none). One all-reduce with several processes."""
+    def agree(self, last=False):
+        """The stop signal of any process (its number; 0: none). With several processes, the flags as
+        they were one iteration earlier: each call starts an all-reduce (MAX) of this process's flag
+        over gloo and returns the result of the one started by the previous call, which ran during
+        this iteration (no wait, no GPU sync). `last`: start none."""
         flag = _received[0] if _received else 0
         if comm.get_world_size() == 1:
             return flag
-        t = torch.tensor([flag], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
+        agreed = self._wait()
+        if not last:
+            t = torch.tensor([flag], dtype=torch.int64)
+            self._pending = (dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group, async_op=True), t)
+        return agreed
+
+    def _wait(self):
+        if self._pending is None:
+            return 0
+        work, t = self._pending
+        work.wait()
+        self._pending = None
         return int(t.item())
 
     def after_step(self):
-        signum = self.agree()
-        if self.trainer.iter + 1 >= self.trainer.max_iter:
+        last = self.trainer.iter + 1 >= self.trainer.max_iter
+        signum = self.agree(last)
+        if last:
             # training is done and model_final.pth written: a stop now (or during the final
             # evaluation) ends the process as it would without this hook; --resume evaluates.
             self.after_train()
@@ -232,6 +249,7 @@ class StopOnSignal(HookBase):
     def _save_and_stop(self, signal_name):
         it = self.trainer.iter
         name = f"model_{it:07d}"
+        self._wait()
         logger.info("%s received: stopping after iteration %d and saving %s.pth ...", signal_name, it, name)
         if not _checkpoint_step(self.trainer, self._period):  # else the checkpointer just saved this iteration
             self._resume_state.gather(buffers=comm.get_world_size() > 1)
