@@ -1,8 +1,8 @@
 """tools/train_net.py with stop signals at reproducible points, for tests/test_preemption.py (not
 collected by pytest: run as a script, with train_net's arguments).
 
-    TDE_DET_TEST_STOP_AT=K[:RANK]      rank RANK (default: every rank) sends itself SIGTERM during
-                                       iteration K (before its step runs)
+    TDE_DET_TEST_STOP_AT=K[:RANK[:SIG]]  rank RANK (default: every rank) sends itself SIGSIG (default
+                                       TERM) during iteration K (before its step runs)
     TDE_DET_TEST_ITER_SLEEP=S          every iteration sleeps S seconds first (time to signal from outside)
     TDE_DET_TEST_SIGNAL_IN_SAVE=NAME   when the stop's checkpoint is being written, after its first
                                        bytes, the process sends itself SIGNAME (TERM: a second stop
@@ -32,9 +32,9 @@ _run_step = Trainer.run_step
 
 def run_step(self):
     time.sleep(ITER_SLEEP)
-    iteration, _, rank = (STOP_AT or "-1").partition(":")
+    iteration, rank, name = ((STOP_AT or "-1") + "::").split(":")[:3]
     if self.iter == int(iteration) and (not rank or int(rank) == comm.get_rank()):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), getattr(signal, "SIG" + (name or "TERM")))
     return _run_step(self)
 
 

@@ -270,7 +270,7 @@ def test_kill_during_the_save_leaves_the_previous_checkpoint(data_root, referenc
 
 
 def test_two_processes_stopped_by_one_rank_and_resumed(data_root, tmp_path):
-    """Upstream detectron2 (gloo): SIGTERM to rank 1 only during iteration 1; both ranks stop after
+    """Upstream detectron2 (gloo): SIGUSR1 to rank 1 only during iteration 1; both ranks stop after
     iteration 2 (the flags' all-reduce runs during the next iteration); the resumed run equals its
     uninterrupted twin (BatchNorm statistics per rank included)."""
     if not load_script("tools/train_net.py")._launcher_runs_without_cuda() or torch.cuda.is_available():
@@ -278,9 +278,10 @@ def test_two_processes_stopped_by_one_rank_and_resumed(data_root, tmp_path):
     two = dict(flags=["--num-gpus", "2"])
     rc, log = _train(data_root, tmp_path / "twin", "DATALOADER.NUM_WORKERS", "0", **two)
     assert rc == 0, log[-3000:]
-    env = _env(data_root, TDE_DET_TEST_STOP_AT="1:1")
+    env = _env(data_root, TDE_DET_TEST_STOP_AT="1:1:USR1")
     rc, log = _train(data_root, tmp_path / "stopped", "DATALOADER.NUM_WORKERS", "0", script=WRAPPER, env=env, **two)
     assert rc == 3 and "Traceback" not in log, log[-3000:]
+    assert "Stopped on SIGUSR1 after iteration 2" in log
     name, ckpt = _last_checkpoint(tmp_path / "stopped")
     resume = ckpt["trainer"]["hooks"]["ResumeState"]
     assert name == "model_0000002.pth" and resume["world_size"] == 2 and len(resume["data"]["ranks"]) == 2

@@ -131,8 +131,8 @@ class _Keys(torch.utils.data.Sampler):
             yield position, index
 
 
-def _first(batch):
-    return batch
+def _unbatched(sample):
+    return sample
 
 
 _open_loaders = weakref.WeakSet()
@@ -220,7 +220,7 @@ class ResumableTrainLoader:
             _PositionDataset(self.dataset, self.mapper, self.seed),
             sampler=_Keys(self.sampler, self.state_dict()),
             batch_size=None,
-            collate_fn=_first,
+            collate_fn=_unbatched,
             num_workers=self.num_workers,
             worker_init_fn=self.worker_init_fn,
             generator=torch.Generator(),  # the main process's random state is not drawn from
