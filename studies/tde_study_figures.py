@@ -171,18 +171,19 @@ def write_figures(study_json, workdir, seed, out_dir, datasets=None, montage=Tru
         key = f"{schedule}/{ds}/deconfound/seed{seed}"
         deconf = os.path.join(workdir, schedule, ds, "deconfound", f"seed{seed}", "model_final.pth")
         softmax = os.path.join(workdir, schedule, ds, "softmax", f"seed{seed}", "model_final.pth")
-        if key not in details or not os.path.isfile(deconf):
+        if key not in details:
             continue
         prepare_dataset(f"{prefix}_val")
         cats = lvis_category_stats(MetadataCatalog.get(f"{prefix}_val").json_file)
-        norms, align = classifier_stats(_load_state(deconf))
-        soft = classifier_stats(_load_state(softmax))[0] if os.path.isfile(softmax) else None
-        paths.append(plot_classifier(cats["image_count"], cats["frequency"], norms, align, soft,
-                                     os.path.join(out_dir, f"tde_study_{ds}_classifier.png"),
-                                     f"{prefix}: classifier weights per class (seed {seed})"))
-        npz = np.load(os.path.join(os.path.dirname(deconf), "val_region_cos.npz"))
-        paths.append(plot_cos_hist(npz["cos"], npz["plain_fg"], os.path.join(out_dir, f"tde_study_{ds}_cos.png"),
-                                   f"{prefix}_val: cos(x, d̂) of the scored regions (seed {seed})", PAPER_ALPHA))
+        if os.path.isfile(deconf):  # the weights' figures; the predictions figure needs only the details json
+            norms, align = classifier_stats(_load_state(deconf))
+            soft = classifier_stats(_load_state(softmax))[0] if os.path.isfile(softmax) else None
+            paths.append(plot_classifier(cats["image_count"], cats["frequency"], norms, align, soft,
+                                         os.path.join(out_dir, f"tde_study_{ds}_classifier.png"),
+                                         f"{prefix}: classifier weights per class (seed {seed})"))
+            npz = np.load(os.path.join(os.path.dirname(deconf), "val_region_cos.npz"))
+            paths.append(plot_cos_hist(npz["cos"], npz["plain_fg"], os.path.join(out_dir, f"tde_study_{ds}_cos.png"),
+                                       f"{prefix}_val: cos(x, d̂) of the scored regions (seed {seed})", PAPER_ALPHA))
         val = details[key]["val"]
         series = {"plain": val["top1_plain"], f"TDE (α={PAPER_ALPHA:g})": val["top1"][f"alpha={PAPER_ALPHA:g}"],
                   "ground truth": cats["gt_instances"]}
