@@ -361,7 +361,7 @@ def main(args):
             inst = batch.outputs(a)[0]["instances"].to("cpu")
             inst = inst[inst.scores >= args.score_thresh]
             drawn = draw_detections(image, metadata, lambda v, inst=inst: v.draw_instance_predictions(inst))
-            panels.append((f"{title}: {len(inst)} detections", drawn))
+            panels.append((f"{title}: {len(inst)} detection{'' if len(inst) == 1 else 's'}", drawn))
         if gt is not None and gt.get("annotations") is not None:
             panels.append(("ground truth", draw_detections(image, metadata, lambda v: v.draw_dataset_dict(gt))))
         written.append(draw_panels(image, panels, os.path.join(output, f"{name}_alpha{alpha:g}.png")))
