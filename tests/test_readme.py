@@ -121,6 +121,7 @@ def test_console_filter_keeps_warnings_and_drops_only_what_it_names():
 
     from tde_det.engine import cli
 
+
     def record(name, level, msg):
         return logging.LogRecord(name, level, __file__, 1, msg, None, None)
 
@@ -128,10 +129,8 @@ def test_console_filter_keeps_warnings_and_drops_only_what_it_names():
     table = record("detectron2.evaluation.lvis_evaluation", logging.INFO, "Evaluation results for bbox")
     assert keep.filter(table) and keep.filter(record("detectron2", logging.INFO, "Full config saved to x"))
     assert not keep.filter(record("detectron2", logging.INFO, "Running with full config:\nMODEL: ..."))
-    cli.info_to_file_only("detectron2.evaluation")
-    try:
+    with cli.info_to_file_only("detectron2.evaluation"):
         assert not keep.filter(table)
         assert keep.filter(record("detectron2.evaluation.lvis_evaluation", logging.WARNING, "No predictions!"))
         assert keep.filter(record("detectron2.evaluationx", logging.INFO, "another logger"))
-    finally:
-        cli._FILE_ONLY_LOGGERS.remove("detectron2.evaluation")
+    assert keep.filter(table)  # only inside the block

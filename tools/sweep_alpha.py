@@ -139,7 +139,6 @@ def setup(args):
     cfg.OUTPUT_DIR = args.output or os.path.join(cfg.OUTPUT_DIR, "alpha_sweep")
     cfg.freeze()
     cli.default_setup(cfg, args)  # Detectron2's, its config dump and environment in OUTPUT_DIR/log.txt only
-    cli.info_to_file_only("detectron2.evaluation")  # each setting's evaluator tables: log.txt (one table printed)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tde_det")
     check_config(cfg, list(cfg.DATASETS.TEST))
     require_weights(cfg)
@@ -245,7 +244,8 @@ def main(args):
             folder = os.path.join(cfg.OUTPUT_DIR, dataset_name, setting) if args.save_detections else None
             return build_evaluator(cfg, dataset_name, folder)
 
-        result = inference_on_dataset_alphas(model, loader, alphas, make_evaluator, args.gammas, class_counts)
+        with cli.info_to_file_only("detectron2.evaluation"):  # each setting's tables: log.txt; one table printed
+            result = inference_on_dataset_alphas(model, loader, alphas, make_evaluator, args.gammas, class_counts)
         if comm.is_main_process():
             records[dataset_name] = report(cfg, args, dataset_name, result)
     return records

@@ -143,10 +143,16 @@ class _FileOnly(logging.Filter):
         return not str(record.msg).startswith(FILE_ONLY_RECORDS)
 
 
+@contextlib.contextmanager
 def info_to_file_only(logger_name):
-    """From now on, the info records of `logger_name` go to OUTPUT_DIR/log.txt only (warnings still reach
-    the console); e.g. the per-setting evaluation tables of the α sweep, which prints one table of all."""
+    """Inside the block, the info records of `logger_name` (and its children) go to OUTPUT_DIR/log.txt
+    only (warnings still reach the console); e.g. the α sweep's per-setting evaluator tables, where
+    the sweep prints one table of all."""
     _FILE_ONLY_LOGGERS.append(logger_name)
+    try:
+        yield
+    finally:
+        _FILE_ONLY_LOGGERS.remove(logger_name)
 
 
 def default_setup(cfg, args):
