@@ -16,6 +16,7 @@ import warnings
 
 warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")  # fvcore's @torch.jit.script at import (torch >= 2.10)
 
+import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -42,12 +43,14 @@ def num_images(text):
     try:
         return int(text)
     except ValueError:
-        raise SystemExit(f"error: --num-images {text!r} must be an integer >= 1 or 'all'.") from None
+        cli.usage_error(f"--num-images {text!r} must be an integer >= 1 or 'all'.")
 
 
 def argument_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.description = __doc__.split("\n\n")[0]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
+    cli.drop_arguments(parser, "resume", "eval_only")  # reads trained weights, never trains
     parser.add_argument("--num-images", type=num_images, required=True, metavar="N",
                         help="the first N images of DATASETS.TRAIN[0] ('all': every image)")
     parser.add_argument("--output", required=True, metavar="OUT.pth", help="the checkpoint to write")

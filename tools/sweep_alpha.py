@@ -82,13 +82,7 @@ DEFAULT_ALPHAS = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
 def argument_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
-    for action in [a for a in parser._actions if a.dest in ("resume", "eval_only")]:  # always evaluates, never trains
-        parser._remove_action(action)
-        for group in parser._action_groups:
-            if action in group._group_actions:
-                group._group_actions.remove(action)
-        for flag in action.option_strings:
-            del parser._option_string_actions[flag]
+    cli.drop_arguments(parser, "resume", "eval_only")  # always evaluates, never trains
     parser.add_argument("--alphas", nargs="+", default=None, metavar="ALPHA",
                         help=f"alpha values to evaluate (plain is always added); default: {DEFAULT_ALPHAS} for a TDE "
                              "model, none (plain only) for a softmax one. Trailing KEY VALUE overrides may follow them directly.")

@@ -27,7 +27,7 @@ from .preemption import EXIT_STOPPED, TrainingStopped
 from .trainer import check_config
 
 __all__ = ["USER_ERROR_EXIT", "add_arguments", "exit_on_user_error", "in_worker", "leave_process_group", "preflight",
-           "check_weights", "default_setup", "FILE_ONLY_RECORDS", "info_to_file_only"]
+           "check_weights", "default_setup", "drop_arguments", "usage_error", "FILE_ONLY_RECORDS", "info_to_file_only"]
 
 USER_ERROR_EXIT = EXIT_USER_ERROR  # 2, as argparse's usage errors (tde_det/errors.py: every status)
 
@@ -65,6 +65,19 @@ def exit_on_user_error(debug=False):
     except TrainingStopped:
         leave_process_group()
         sys.exit(EXIT_STOPPED)
+
+
+def drop_arguments(parser, *dests):
+    """Remove the options of `dests` (e.g. Detectron2's ``resume``, ``eval_only``) from an argparse
+    parser built by ``default_argument_parser``, for a tool that has no use for them."""
+    for action in [a for a in parser._actions if a.dest in dests]:
+        parser._remove_action(action)
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        for flag in action.option_strings:
+            del parser._option_string_actions[flag]
+    return parser
 
 
 def usage_error(text):
