@@ -440,16 +440,22 @@ def test_training_skips_an_unreadable_image_and_names_it(sound_data, weights, tm
     assert f"PROBLEM  lvis_v1_train ({ctx.json('train')}): image '{bad}' cannot be read: " in check.stdout
 
 
-def test_evaluation_stops_at_an_unreadable_image_and_names_it(sound_data, weights, tmp_path):
+@pytest.mark.parametrize("in_training", [False, True], ids=["eval-only", "periodic-eval-in-training"])
+def test_evaluation_stops_at_an_unreadable_image_and_names_it(sound_data, weights, tmp_path, in_training):
     ctx = _context(sound_data, weights, tmp_path, None)
     ctx.out = str(tmp_path / "run")
     bad = truncate(ctx.image("val", 0))
     env = dict(os.environ, DETECTRON2_DATASETS=ctx.root, OMP_NUM_THREADS="1")
-    opts = ["DATASETS.TEST", '("lvis_v1_val",)'] + FAST + ["DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", ctx.out,
-                                                           "MODEL.WEIGHTS", weights["trained"]]
+    opts = ["DATASETS.TEST", '("lvis_v1_val",)'] + FAST + ["DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", ctx.out]
+    flags = [] if in_training else ["--eval-only"]
+    opts += (["SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "1", "DATASETS.TRAIN", '("lvis_v1_train",)'] if in_training
+             else ["MODEL.WEIGHTS", weights["trained"]])
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", TINY,
-                           "--eval-only", *opts], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           *flags, *opts], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == EXIT_USER_ERROR, (proc.stdout + proc.stderr)[-3000:]
-    assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr and proc.stderr.count("error:") == 1, proc.stderr[-3000:]
+    if in_training:  # a periodic evaluation in the training loop: its traceback is in log.txt only
+        with open(os.path.join(ctx.out, "log.txt")) as f:
+            assert "Exception during training:" in f.read()
     assert re.search(rf"^error: image '{re.escape(bad)}' cannot be read \(.*\); replace or remove it\. .* A test image "
                      r"is never skipped", proc.stderr, re.M), proc.stderr

@@ -146,10 +146,14 @@ _FILE_ONLY_LOGGERS = []  # info records of these loggers (and their children) st
 
 
 class _FileOnly(logging.Filter):
-    """Drops the records in FILE_ONLY_RECORDS, and info records of the loggers given to
-    :func:`info_to_file_only` (attached to console handlers only)."""
+    """Drops the records in FILE_ONLY_RECORDS, info records of the loggers given to
+    :func:`info_to_file_only`, and tracebacks of a UserError (Detectron2's "Exception during
+    training:" when the evaluation after training meets an unreadable image: the one ``error:``
+    line follows; the traceback stays in log.txt). Attached to console handlers only."""
 
     def filter(self, record):
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            return False
         if record.levelno <= logging.INFO and any(
                 record.name == n or record.name.startswith(n + ".") for n in _FILE_ONLY_LOGGERS):
             return False
