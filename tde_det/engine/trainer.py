@@ -51,6 +51,7 @@ from ..data.class_counts import norcal_class_counts
 from ..data.images import SkippedImagesReport, SkipUnreadableImages
 from ..errors import ConfigError
 from ..evaluation.lvis_evaluator import build_lvis_evaluator
+from ..modeling.box_predictor import INFERENCE_MODES
 from ..modeling.calibration import apply_norcal
 from ..modeling.roi_heads import TDECascadeROIHeads, TDEStandardROIHeads
 from ..data.resumable_loader import build_resumable_train_loader
@@ -168,7 +169,8 @@ def _value_rules(cfg, world_size):
         (0 < heads.POSITIVE_FRACTION <= 1, "MODEL.ROI_HEADS.POSITIVE_FRACTION", heads.POSITIVE_FRACTION, "in (0, 1]"),
         (finite(tde.ALPHA) and tde.ALPHA >= 0, "MODEL.TDE.ALPHA", tde.ALPHA,
          ">= 0 (0: De-confound only; the paper's LVIS value is 1.5)"),
-        (tde.INFERENCE in ("tde", "plain"), "MODEL.TDE.INFERENCE", tde.INFERENCE, "'tde' or 'plain'"),
+        (tde.INFERENCE in INFERENCE_MODES, "MODEL.TDE.INFERENCE", tde.INFERENCE,
+         " or ".join(repr(m) for m in INFERENCE_MODES)),
         (0 <= tde.MOMENTUM < 1, "MODEL.TDE.MOMENTUM", tde.MOMENTUM, "in [0, 1) (0.9 in the paper)"),
         (tde.NUM_HEADS >= 1, "MODEL.TDE.NUM_HEADS", tde.NUM_HEADS, ">= 1 (2 in the paper)"),
         (finite(tde.SCALE) and tde.SCALE > 0, "MODEL.TDE.SCALE", tde.SCALE, "> 0 (16 in the paper)"),
