@@ -32,7 +32,6 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 say() { echo "[device_wheels] $*"; }
 die() { echo "[device_wheels] error: $*" >&2; exit 1; }
 
-[[ -x "$VENV_PY" ]] || die "$VENV_PY not found: run 'make env' first (it also leaves the detectron2 sources in build/)."
 [[ -f "$D2_BUILD/detectron2/__init__.py" && -f "$D2_BUILD/setup.py" ]] \
     || die "$D2_BUILD has no detectron2 sources: run 'make env' (the default detectron2 v0.6 set-up) first."
 
@@ -58,6 +57,8 @@ if [[ -f "$DEST/.stamp" && "$(cat "$DEST/.stamp")" == "$STAMP" ]]; then
     exit 0
 fi
 
+# Building them needs the project's venv (its pip and Python); an up-to-date folder does not.
+[[ -x "$VENV_PY" ]] || die "$VENV_PY not found: run 'make env' first (it also leaves the detectron2 sources in build/)."
 rm -rf "$DEST" "$DEST.tmp" && mkdir -p "$DEST.tmp"
 PIP=("$VENV_PY" -m pip --disable-pip-version-check)
 
