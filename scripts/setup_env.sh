@@ -22,7 +22,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TDE_DET_VENV:-.venv}"
 [[ "$VENV" == /* ]] || VENV="$ROOT/$VENV"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check)
 D2_SDIST="pb1-detectron2-0.6.tar.gz"
 D2_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 D2_BUILD="$ROOT/build/detectron2-pypi"
@@ -30,6 +29,12 @@ D2_SRC="${TDE_DET_DETECTRON2_SRC:-}"
 STAMP="$VENV/.tde_det_env"
 PATCH=("$ROOT/scripts/patch_third_party.py")
 SUPPORTED="3.11 3.12 3.13"
+
+# pip, without the notes this workplace's pip configuration prints about absent local mirror folders
+pip_q() {
+    "$PY" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file://.*' is ignored" || true; }
+    return "${PIPESTATUS[0]}"
+}
 
 CURRENT_STEP=""
 step() { CURRENT_STEP="$1"; echo "[setup_env] $1"; }
@@ -41,8 +46,8 @@ env_hash() {
         | { cat; echo "d2src=$D2_SRC"; "$PY" -V 2>/dev/null || true; } | sha256sum | cut -d' ' -f1
 }
 
-verify() {
-    "$PY" - <<'EOF'
+verify() {  # torch's and detectron2's deprecation notes are not this check's business
+    "$PY" -W ignore::FutureWarning -W ignore::DeprecationWarning - <<'EOF'
 import detectron2.layers, detectron2.modeling, detectron2.evaluation, detectron2.export  # noqa: F401
 import detectron2.model_zoo, lvis.eval, pycocotools.mask, cv2, torch, torchvision  # noqa: F401
 import tde_det  # noqa: F401
@@ -110,7 +115,7 @@ else
 fi
 
 step "install the pinned requirements (requirements.txt)"
-"${PIP[@]}" install -q -r "$ROOT/requirements.txt"
+pip_q install -q -r "$ROOT/requirements.txt"
 
 if [[ -n "$D2_SRC" ]]; then
     step "install detectron2 from the upstream source at $D2_SRC (compiles its C++/CUDA ops)"
@@ -118,13 +123,13 @@ if [[ -n "$D2_SRC" ]]; then
     # Upstream main still imports pkg_resources (gone in setuptools >= 81) in model_zoo: patch that
     # one file of the checkout (idempotent; nothing to do once upstream fixes it).
     "$PY" "${PATCH[@]}" detectron2-main "$D2_SRC"
-    "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$D2_SRC"
+    pip_q install -q --no-build-isolation --no-deps -e "$D2_SRC"
 else
     step "download detectron2's PyPI source release $D2_SDIST and check its sha256"
     mkdir -p "$ROOT/build"
     if [[ ! -f "$ROOT/build/$D2_SDIST" ]]; then
         # pip runs the sdist's setup.py for metadata, which imports torch: no build isolation.
-        "${PIP[@]}" download -q --no-deps --no-build-isolation --no-binary :all: -d "$ROOT/build" pb1-detectron2==0.6
+        pip_q download -q --no-deps --no-build-isolation --no-binary :all: -d "$ROOT/build" pb1-detectron2==0.6
     fi
     echo "$D2_SHA256  $ROOT/build/$D2_SDIST" | sha256sum --check --quiet
 
@@ -148,17 +153,17 @@ setup(
     python_requires=">=3.11",
 )
 EOF
-    "${PIP[@]}" uninstall -q -y pb1-detectron2 >/dev/null 2>&1 || true
-    "${PIP[@]}" install -q --no-deps --no-build-isolation "$D2_BUILD"
+    pip_q uninstall -q -y pb1-detectron2 >/dev/null 2>&1 || true
+    pip_q install -q --no-deps --no-build-isolation "$D2_BUILD"
 fi
 
 step "lvis as released (set-ups before issue 20 patched lvis/eval.py in place: reinstalled then)"
 if grep -qs "Patched by tde_det" "$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/lvis/eval.py"; then
-    "${PIP[@]}" install -q --force-reinstall --no-deps "$(grep -E '^lvis==' "$ROOT/requirements.txt")"
+    pip_q install -q --force-reinstall --no-deps "$(grep -E '^lvis==' "$ROOT/requirements.txt")"
 fi
 
 step "install tde_det in editable mode"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+pip_q install -q --no-deps --no-build-isolation -e "$ROOT"
 
 step "check that detectron2, lvis and tde_det import"
 verify
