@@ -30,11 +30,8 @@ STAMP="$VENV/.tde_det_env"
 PATCH=("$ROOT/scripts/patch_third_party.py")
 SUPPORTED="3.11 3.12 3.13"
 
-# pip, without the notes this workplace's pip configuration prints about absent local mirror folders
-pip_q() {
-    "$PY" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file://.*' is ignored" || true; }
-    return "${PIPESTATUS[0]}"
-}
+source "$ROOT/scripts/pip_quiet.sh"
+pip_q() { pip_quiet "$PY" "$@"; }
 
 CURRENT_STEP=""
 step() { CURRENT_STEP="$1"; echo "[setup_env] $1"; }

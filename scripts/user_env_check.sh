@@ -23,7 +23,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="$ROOT/build/user-env"
 VENV="$WORK/venv"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check)
 TARBALL="${TDE_DET_VENDOR:-$ROOT/../shared/vendor}/detectron2-main-02b5c4e2.tar.gz"
 # The user's environment. The constraints keep these versions while pip resolves detectron2's and
 # the test tools' requirements; `pip install -e .` of tde_det runs without them.
@@ -52,10 +51,8 @@ find_python() {
     return 1
 }
 
-pip_q() {  # quiet pip, without this machine's notes about absent local mirror folders
-    "${PIP[@]}" "$@" 2>&1 | { grep -v "^WARNING: Location 'file://.*' is ignored" || true; }
-    return "${PIPESTATUS[0]}"
-}
+source "$ROOT/scripts/pip_quiet.sh"
+pip_q() { pip_quiet "$PY" "$@"; }
 
 packages() {  # name==version of every installed distribution, sorted (pip's own view)
     "$PY" - <<'EOF'
